@@ -1,0 +1,3 @@
+from .layer_gradeclip import ImageGradECLIP, LayerGradECLIP, TextGradECLIP
+
+__all__ = ["ImageGradECLIP", "LayerGradECLIP", "TextGradECLIP"]

@@ -1,0 +1,191 @@
+"""Forward functions for Captum: CLIP image–text similarity as ``nn.Module`` s.
+
+Each wraps a Hugging Face ``CLIPModel`` (transformers 4.4x and 5.x) and fixes one tower's
+inputs, so the other tower's inputs are the explained inputs::
+
+    ImageTextSimilarity(model, input_ids=..., attention_mask=...)(pixel_values)  # (N, T)
+    TextImageSimilarity(model, pixel_values=...)(input_ids, attention_mask)      # (T, N)
+
+The fixed tower's embeddings are computed once, at construction, without gradients. Scores are
+computed with the same operations, in the same order, as ``CLIPModel.forward``, so
+``ImageTextSimilarity(..., logits=True)(pixel_values)`` equals ``model(...).logits_per_image``
+bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+
+def _features(out) -> Tensor:
+    """``get_*_features`` returns a tensor in transformers 4.x and a ModelOutput in 5.x."""
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+def _normalize(x: Tensor) -> Tensor:
+    # exactly CLIPModel.forward's normalisation (x / ||x||, norm as pow(sum(x^2), 0.5))
+    return x / torch.pow(torch.sum(torch.pow(x, 2), dim=-1, keepdim=True), 0.5)
+
+
+def eos_positions(input_ids: Tensor, eos_token_id: Optional[int] = None) -> Tensor:
+    """Position of the pooled (EOS) token of each text, as Hugging Face CLIP pools.
+
+    Args:
+        input_ids: ``(T, L)`` token ids.
+        eos_token_id: the EOS id; ``None`` or ``2`` (legacy configs) means the argmax of the ids
+            (OpenAI CLIP's convention: EOS has the highest id), otherwise its first occurrence.
+
+    Returns:
+        ``(T,)`` long.
+
+    Raises:
+        ValueError: a text has no EOS token.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (T, L), got shape {tuple(input_ids.shape)}")
+    if eos_token_id is None or eos_token_id == 2:
+        return input_ids.to(torch.int).argmax(dim=-1).long()
+    hit = input_ids == eos_token_id
+    missing = (~hit.any(dim=-1)).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(
+            f"text(s) {missing} have no EOS token (id {eos_token_id}); tokenize with the model's "
+            "tokenizer (it appends EOS), and truncate with truncation=True so EOS is kept"
+        )
+    return hit.int().argmax(dim=-1).long()
+
+
+def _check_model(model: nn.Module) -> None:
+    for name in ("get_image_features", "get_text_features", "logit_scale"):
+        if not hasattr(model, name):
+            raise TypeError(
+                f"model must be a transformers CLIPModel (or have get_image_features, "
+                f"get_text_features and logit_scale); {type(model).__name__} has no {name!r}"
+            )
+
+
+class ImageTextSimilarity(nn.Module):
+    r"""``pixel_values (N, 3, H, W) -> (N, T)``: cosine similarity (or CLIP logits) of each image
+    with each of ``T`` fixed texts.
+
+    Args:
+        model: a Hugging Face ``CLIPModel``.
+        input_ids: ``(T, L)`` token ids of the texts.
+        attention_mask: ``(T, L)``, or ``None``.
+        text_embeds: ``(T, E)`` precomputed projected text embeddings, instead of ``input_ids``.
+        logits: return ``logit_scale.exp() * cosine`` (the model's ``logits_per_image``) instead
+            of the cosine. Same maps up to scale.
+        interpolate_pos_encoding: passed to the vision tower, for images of another size than
+            the model's (``H`` and ``W`` must stay multiples of the patch size).
+
+    Attributes:
+        patch_size: the vision tower's patch size (read by :class:`ImageGradECLIP`).
+
+    Raises:
+        ValueError: no texts, an empty text batch, or ``attention_mask`` not shaped like
+            ``input_ids``.
+        TypeError: ``model`` is not a CLIP model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        *,
+        text_embeds: Optional[Tensor] = None,
+        logits: bool = False,
+        interpolate_pos_encoding: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_model(model)
+        self.model = model
+        self.logits = logits
+        self.interpolate_pos_encoding = interpolate_pos_encoding
+        if text_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids (T, L) of the texts, or text_embeds (T, E)")
+            if input_ids.dim() != 2 or input_ids.shape[0] == 0:
+                raise ValueError(f"input_ids must have shape (T, L) with T >= 1, got {tuple(input_ids.shape)}")
+            if attention_mask is not None and attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of "
+                                 f"input_ids {tuple(input_ids.shape)}")
+            text_model = getattr(model, "text_model", None)
+            eos = getattr(text_model, "eos_token_id", None)
+            if eos is not None:
+                eos_positions(input_ids, eos)  # clear error for texts without EOS
+            with torch.no_grad():
+                text_embeds = _features(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        elif text_embeds.dim() != 2 or text_embeds.shape[0] == 0:
+            raise ValueError(f"text_embeds must have shape (T, E) with T >= 1, got {tuple(text_embeds.shape)}")
+        self.register_buffer("text_embeds", _normalize(text_embeds.detach()), persistent=False)
+        vc = getattr(getattr(model, "config", None), "vision_config", None)
+        self.patch_size = getattr(vc, "patch_size", None)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """``(N, 3, H, W) -> (N, T)``."""
+        kwargs = {"interpolate_pos_encoding": True} if self.interpolate_pos_encoding else {}
+        image = _normalize(_features(self.model.get_image_features(pixel_values=pixel_values, **kwargs)))
+        text = self.text_embeds.to(image.dtype)
+        sim = torch.matmul(text, image.t())
+        if self.logits:
+            sim = sim * self.model.logit_scale.exp()
+        return sim.t()
+
+
+class TextImageSimilarity(nn.Module):
+    r"""``input_ids (T, L) [, attention_mask (T, L)] -> (T, N)``: cosine similarity (or logits)
+    of each text with each of ``N`` fixed images.
+
+    Args:
+        model: a Hugging Face ``CLIPModel``.
+        pixel_values: ``(N, 3, H, W)`` the images.
+        image_embeds: ``(N, E)`` precomputed projected image embeddings, instead.
+        logits: return ``logit_scale.exp() * cosine`` (the model's ``logits_per_text``).
+
+    Raises:
+        ValueError: no images or an empty batch. TypeError: ``model`` is not a CLIP model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        pixel_values: Optional[Tensor] = None,
+        *,
+        image_embeds: Optional[Tensor] = None,
+        logits: bool = False,
+        interpolate_pos_encoding: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_model(model)
+        self.model = model
+        self.logits = logits
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("pass pixel_values (N, 3, H, W) of the images, or image_embeds (N, E)")
+            if pixel_values.dim() != 4 or pixel_values.shape[0] == 0:
+                raise ValueError(f"pixel_values must have shape (N, 3, H, W) with N >= 1, got "
+                                 f"{tuple(pixel_values.shape)}")
+            kwargs = {"interpolate_pos_encoding": True} if interpolate_pos_encoding else {}
+            with torch.no_grad():
+                image_embeds = _features(model.get_image_features(pixel_values=pixel_values, **kwargs))
+        self.register_buffer("image_embeds", _normalize(image_embeds.detach()), persistent=False)
+        self.eos_token_id = getattr(getattr(model, "text_model", None), "eos_token_id", None)
+
+    def eos_positions(self, input_ids: Tensor) -> Tensor:
+        """``(T, L) -> (T,)``: the pooled position of each text, as the model pools."""
+        return eos_positions(input_ids, self.eos_token_id)
+
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
+        """``(T, L) -> (T, N)``."""
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of "
+                             f"input_ids {tuple(input_ids.shape)}")
+        text = _normalize(_features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)))
+        sim = torch.matmul(text, self.image_embeds.to(text.dtype).t())
+        if self.logits:
+            sim = sim * self.model.logit_scale.exp()
+        return sim

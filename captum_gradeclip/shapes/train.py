@@ -1,0 +1,139 @@
+"""Train ShapesCLIP from scratch on synthetic scenes (CPU, seeded).
+
+    python -m captum_gradeclip.shapes.train --steps 4000 --seed 0 --out captum_gradeclip/shapes/weights
+
+Scenes are generated on the fly (training seeds start at :data:`TRAIN_SEED_OFFSET`; evaluation
+uses seeds below it, so evaluation scenes are never seen in training). The objective is CLIP's
+symmetric InfoNCE on (image, caption) pairs, where a caption names one, two or all objects of
+the scene, plus a SigLIP-style sigmoid loss of every image against all 48 single-object prompts
+(present objects are positives) so that absent look-alike objects act as hard negatives. Only the
+``CLIPModel`` is saved; the sigmoid loss' scale and bias are training-only parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .model import CLIP_MEAN, CLIP_STD, WEIGHTS_DIR, build_config, build_processor
+from .scenes import all_prompts, render_scene
+
+TRAIN_SEED_OFFSET = 1_000_000
+
+
+def scenes_to_pixels(images) -> torch.Tensor:
+    """PIL 64 px images -> normalised ``(N, 3, 64, 64)`` float tensor (the processor's result)."""
+    import numpy as np
+
+    x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
+def _caption(scene, rng: random.Random) -> str:
+    k = len(scene.objects)
+    r = rng.random()
+    if k == 1 or r < 0.5:
+        return scene.objects[rng.randrange(k)].prompt
+    if r < 0.8:
+        return scene.caption(rng.sample(range(k), 2))
+    order = list(range(k))
+    rng.shuffle(order)
+    return scene.caption(order)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    args = ap.parse_args(argv)
+
+    from transformers import CLIPModel
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    processor = build_processor()
+    tok = processor.tokenizer
+    config = build_config(len(tok), tok.eos_token_id, tok.bos_token_id)
+    config.text_config._attn_implementation = "sdpa"
+    model = CLIPModel(config)
+    model.train()
+    prompts = tok(all_prompts(), padding=True, return_tensors="pt")
+    sig_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+    sig_bias = torch.nn.Parameter(torch.tensor(-5.0))
+    params = list(model.parameters()) + [sig_scale, sig_bias]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98),
+    )
+    warm = max(1, args.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+    )
+    prompt_index = {p: i for i, p in enumerate(all_prompts())}
+    t0 = time.time()
+    for step in range(args.steps):
+        base = TRAIN_SEED_OFFSET + args.seed * 100_000_000 + step * args.batch
+        scenes = [render_scene(seed=base + i) for i in range(args.batch)]
+        pixels = scenes_to_pixels([s.image for s in scenes])
+        caps = tok([_caption(s, rng) for s in scenes], padding=True, return_tensors="pt")
+        labels = torch.zeros(args.batch, len(prompt_index))
+        for i, s in enumerate(scenes):
+            for p in s.prompts:
+                labels[i, prompt_index[p]] = 1.0
+
+        img = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        txt = F.normalize(model.get_text_features(**caps).pooler_output, dim=-1)
+        pro = F.normalize(model.get_text_features(**prompts).pooler_output, dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.t()
+        target = torch.arange(args.batch)
+        # captions shared by several images are positives for each of them
+        same = torch.tensor([[a == b for b in caps.input_ids.tolist()] for a in caps.input_ids.tolist()])
+        logits_t = logits.masked_fill(same & ~torch.eye(args.batch, dtype=torch.bool), -1e4)
+        nce = 0.5 * (F.cross_entropy(logits_t, target) + F.cross_entropy(logits_t.t(), target))
+        sig = F.binary_cross_entropy_with_logits(sig_scale.exp() * img @ pro.t() + sig_bias, labels)
+        loss = nce + 10 * sig
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 50 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {loss.item():.4f}  nce {nce.item():.4f}  sig {sig.item():.4f}"
+                  f"  scale {model.logit_scale.exp().item():.1f}  {time.time() - t0:.0f}s", flush=True)
+
+    model.eval()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.config.text_config._attn_implementation = None
+    model.save_pretrained(args.out, safe_serialization=True)
+    processor.save_pretrained(args.out)
+    (args.out / "TRAINING.json").write_text(json.dumps({
+        "command": "python -m captum_gradeclip.shapes.train " + " ".join(
+            f"--{k} {v}" for k, v in [("steps", args.steps), ("batch", args.batch), ("lr", args.lr),
+                                      ("seed", args.seed), ("threads", args.threads)]),
+        "torch": torch.__version__,
+        "seconds": round(time.time() - t0),
+        "train_seed_offset": TRAIN_SEED_OFFSET,
+    }, indent=2) + "\n")
+    print(f"saved to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
