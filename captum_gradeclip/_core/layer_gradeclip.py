@@ -224,7 +224,8 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
         inputs = (inputs,) if torch.is_tensor(inputs) else tuple(inputs)
         additional = _format_additional_forward_args(additional_forward_args) or ()
         self._check_inputs(inputs, additional)
-        captures = [Capture(num_heads=a.num_heads) for a in self._adapters]
+        # in the reproduction mode the explained layers have one head, for the spatial weights too
+        captures = [Capture(num_heads=1 if self.single_head else a.num_heads) for a in self._adapters]
         need_graph = any(torch.is_tensor(x) and x.requires_grad for x in inputs)
         handles = []
         try:

@@ -1,0 +1,68 @@
+"""Tiny random CLIP models built in code (no network)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+BOS, EOS, VOCAB = 48, 49, 50
+
+
+def tiny_clip(attn: str = "eager", dtype: torch.dtype = torch.float32, seed: int = 0,
+              image_size: int = 32, patch_size: int = 8, text_layers: int = 3, eos_token_id: int = EOS):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=text_layers,
+                         num_attention_heads=4, max_position_embeddings=16, eos_token_id=eos_token_id,
+                         bos_token_id=BOS, pad_token_id=EOS),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=image_size, patch_size=patch_size),
+        projection_dim=16,
+    )
+    cfg._attn_implementation = attn
+    model = CLIPModel(cfg)
+    # random init leaves LayerNorms at identity and biases at zero: perturb them so that the tests
+    # exercise every term
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model.to(dtype).eval()
+
+
+def text_batch():
+    """(3, 6) ids with right padding (pad = EOS, as CLIP tokenizers do) and their mask."""
+    ids = torch.tensor([
+        [BOS, 5, 6, EOS, EOS, EOS],
+        [BOS, 7, 8, 9, 10, EOS],
+        [BOS, 3, EOS, EOS, EOS, EOS],
+    ])
+    eos = (ids == EOS).int().argmax(1)
+    mask = (torch.arange(ids.shape[1])[None] <= eos[:, None]).long()
+    return ids, mask
+
+
+@pytest.fixture
+def model():
+    return tiny_clip()
+
+
+@pytest.fixture
+def texts():
+    return text_batch()
+
+
+@pytest.fixture
+def pixels():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 32, 32)
+
+
+def hook_count(model) -> int:
+    n = 0
+    for m in model.modules():
+        n += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        n += len(getattr(m, "_forward_hooks_with_kwargs", {}))
+    return n
