@@ -15,9 +15,9 @@ from captum.attr import (
 )
 from captum.attr import visualization as viz
 from captum.metrics import infidelity, sensitivity_max
+from conftest import tiny_clip
 
 from captum_gradeclip import ImageGradECLIP, ImageTextSimilarity, TextGradECLIP, TextImageSimilarity
-from conftest import tiny_clip
 
 
 @pytest.fixture

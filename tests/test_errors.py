@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import BOS, EOS, hook_count, text_batch, tiny_clip
 from torch import nn
 
 from captum_gradeclip import ImageGradECLIP, ImageTextSimilarity, TextGradECLIP, TextImageSimilarity
-from conftest import BOS, EOS, hook_count, text_batch, tiny_clip
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import hook_count, text_batch, tiny_clip
 
 from captum_gradeclip import ImageGradECLIP, ImageTextSimilarity, TextGradECLIP, TextImageSimilarity
-from conftest import hook_count, text_batch, tiny_clip
 
 
 class Spy(torch.nn.Module):

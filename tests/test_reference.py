@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import EOS, text_batch, tiny_clip
 
 from captum_gradeclip import ImageGradECLIP, ImageTextSimilarity, TextGradECLIP, TextImageSimilarity
-from conftest import EOS, text_batch, tiny_clip
 
 MODES = ["cosine", "cosine_per_head", "attention", "uniform"]
 

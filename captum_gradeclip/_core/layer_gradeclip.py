@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -220,6 +221,13 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
         return maps.transpose(0, 1)
 
     # ---- the machinery ----------------------------------------------------------------------
+    #: whether the map needs dS/do (gradient-free baselines set False: one forward, no backward)
+    _needs_grad: bool = True
+
+    def _sources(self, capture: Capture) -> List[Tensor]:
+        """The tensors the score is differentiated against, for one layer."""
+        return [capture.grad_source]
+
     def _run(self, inputs, additional_forward_args, *, target, all_targets: bool, relu: bool) -> Tensor:
         inputs = (inputs,) if torch.is_tensor(inputs) else tuple(inputs)
         additional = _format_additional_forward_args(additional_forward_args) or ()
@@ -249,47 +257,76 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
                              f"{inputs[0].shape[0]}, got {got}")
         scores = output if output.dim() == 2 else output[:, None]
         n, t = scores.shape
-        sources = [c.grad_source for c in captures]
-        if any(s is None or not s.requires_grad for s in sources) or not scores.requires_grad:
-            raise ValueError("the score does not depend on the explained layer(s) through autograd; "
-                             "pass layers of the tower the forward function differentiates")
-        with torch.enable_grad():
-            if all_targets:
-                eye = torch.eye(t, dtype=scores.dtype, device=scores.device)
-                grad_out = eye[:, None, :].expand(t, n, t)
-                grads = torch.autograd.grad(scores, sources, grad_outputs=grad_out,
-                                            is_grads_batched=True, allow_unused=True)
-            else:
-                _check_target(target, n, t)
-                selected = scores[:, 0] if target is None else _select_targets(scores, target)
-                grads = torch.autograd.grad(selected.sum(), sources, allow_unused=True)
-                grads = tuple(None if g is None else g[None] for g in grads)
-        if any(g is None for g in grads):
-            raise ValueError("the score does not depend on the explained layer(s); pass layers "
-                             "of the tower the forward function runs")
-        total = None
-        final_pooled, final_cap = None, None
+        if not all_targets:
+            _check_target(target, n, t)
+        grads: List[Optional[List[Tensor]]] = [None] * len(captures)
+        if self._needs_grad:
+            per_layer = [self._sources(c) for c in captures]
+            sources = [x for srcs in per_layer for x in srcs]
+            if any(x is None or not x.requires_grad for x in sources) or not scores.requires_grad:
+                raise ValueError("the score does not depend on the explained layer(s) through autograd; "
+                                 "pass layers of the tower the forward function differentiates")
+            with torch.enable_grad():
+                if all_targets:
+                    eye = torch.eye(t, dtype=scores.dtype, device=scores.device)
+                    flat = torch.autograd.grad(scores, sources, grad_outputs=eye[:, None, :].expand(t, n, t),
+                                               is_grads_batched=True, allow_unused=True)
+                else:
+                    selected = scores[:, 0] if target is None else _select_targets(scores, target)
+                    flat = torch.autograd.grad(selected.sum(), sources, allow_unused=True)
+                    flat = tuple(None if g is None else g[None] for g in flat)
+            if any(g is None for g in flat):
+                raise ValueError("the score does not depend on the explained layer(s); pass layers "
+                                 "of the tower the forward function runs")
+            it = iter(flat)
+            grads = [[next(it).detach() for _ in srcs] for srcs in per_layer]
+        layers = []
         for cap, g in zip(captures, grads):
-            if cap.to_o_grad is not None:
-                g = cap.to_o_grad(g)
             pooled = self._pooled_positions(inputs, additional, cap)
-            rows = torch.arange(pooled.shape[0], device=pooled.device)
-            w = g[:, rows, pooled]  # (T, B, D)
-            query = cap.query.detach()[rows, pooled]
             length = cap.value.shape[1]
-            scored = self._scored(inputs, pooled, cap)
-            attended = attention_mask_rows(cap.mask, cap.is_causal, pooled, length)
-            lam = spatial_weights(query=query, keys=cap.key.detach(), scored=scored, attended=attended,
-                                  mode=self.spatial, num_heads=cap.num_heads)
-            m = token_map(weights=w.detach(), values=cap.value.detach(), spatial=lam)
-            m = torch.where(scored, m, torch.zeros((), dtype=m.dtype, device=m.device))
+            layers.append(LayerContext(
+                capture=cap, grads=g, pooled=pooled, scored=self._scored(inputs, pooled, cap),
+                attended=attention_mask_rows(cap.mask, cap.is_causal, pooled, length),
+            ))
+        targets = torch.arange(t) if all_targets else target
+        total = self._combine(layers, relu=relu, targets=targets, n_targets=t if all_targets else 1)
+        return self._finalize(total, inputs, layers[-1].pooled, layers[-1].capture).to(inputs[0].device)
+
+    def _o_grad(self, layer: "LayerContext") -> Tensor:
+        """``(T, B, L, D)``: dS/do of one layer."""
+        g = layer.grads[0]
+        return layer.capture.to_o_grad(g) if layer.capture.to_o_grad is not None else g
+
+    def _combine(self, layers: List["LayerContext"], *, relu: bool, targets: Any, n_targets: int) -> Tensor:
+        """Per-layer Grad-ECLIP maps, combined: ``(T, B, L)``."""
+        total = None
+        for layer in layers:
+            cap, pooled = layer.capture, layer.pooled
+            rows = torch.arange(pooled.shape[0], device=pooled.device)
+            w = self._o_grad(layer)[:, rows, pooled]  # (T, B, D)
+            lam = spatial_weights(query=cap.query.detach()[rows, pooled], keys=cap.key.detach(),
+                                  scored=layer.scored, attended=layer.attended, mode=self.spatial,
+                                  num_heads=cap.num_heads)
+            m = token_map(weights=w, values=cap.value.detach(), spatial=lam)
+            m = torch.where(layer.scored, m, torch.zeros((), dtype=m.dtype, device=m.device))
             if relu and self._relu_per_layer:
                 m = m.clamp_min(0)
             total = m if total is None else total + m
-            final_pooled, final_cap = pooled, cap
         if relu and not self._relu_per_layer:
             total = total.clamp_min(0)
-        return self._finalize(total, inputs, final_pooled, final_cap).to(inputs[0].device)
+        return total
+
+
+@dataclass
+class LayerContext:
+    """What one explained layer gave: its capture, gradients (``(T, B, ...)`` per source, or
+    ``None``), pooled positions ``(B,)``, scored and attended tokens ``(B, L)``."""
+
+    capture: Capture
+    grads: Optional[List[Tensor]]
+    pooled: Tensor
+    scored: Tensor
+    attended: Tensor
 
 
 class ImageGradECLIP(LayerGradECLIP):

@@ -56,8 +56,9 @@ class QKVOutProjAdapter(AttentionAdapter):
             capture.calls += 1
             capture.mask = _combined_mask(kwargs)
             capture.is_causal = bool(kwargs.get("is_causal", getattr(mod, "is_causal", False)))
-            x = first_arg(args, kwargs, "hidden_states")
-            return replace_first_arg(args, kwargs, "hidden_states", start_graph(x))
+            x = start_graph(first_arg(args, kwargs, "hidden_states"))
+            capture.extra["input"] = x  # (B, L, D), for token Grad-CAM
+            return replace_first_arg(args, kwargs, "hidden_states", x)
 
         def setter(name):
             def hook(mod, args, out):

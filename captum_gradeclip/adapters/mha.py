@@ -80,6 +80,7 @@ class MultiheadAttentionAdapter(AttentionAdapter):
                 new = [start_graph(vals[0])] * 3
             else:
                 new = [start_graph(v) for v in vals]
+            capture.extra["input"], capture.extra["seq_first"] = new[0], not batch_first
             q_in, k_in, v_in = (to_bf(t) for t in new)
             wq, wk, wv, bq, bk, bv = _mha_weights(mod)
             capture.query = F.linear(q_in, wq, bq)

@@ -1,0 +1,151 @@
+"""``captum-gradeclip``: the demo, explaining any image, and the quality benchmark.
+
+    captum-gradeclip demo [--out demo.png]
+    captum-gradeclip explain IMAGE --text "a dog" --text "a car" [--model NAME_OR_PATH] [--out fig.png]
+    captum-gradeclip benchmark --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+
+class CLIError(Exception):
+    """A user error: printed without a traceback, exit status 2."""
+
+
+def load_model(name: Optional[str]):
+    """``(model, processor)``: the shipped ShapesCLIP for ``None``, else ``from_pretrained(name)``."""
+    from .shapes import load_shapes_clip
+
+    if name is None:
+        return load_shapes_clip()
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        model = CLIPModel.from_pretrained(name)
+        processor = CLIPProcessor.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise CLIError(
+            f"could not load CLIP model {name!r}: {str(e).splitlines()[0]}\n"
+            "Give a local save_pretrained folder or a hub name (a hub name needs network access)."
+        ) from None
+    return model.eval(), processor
+
+
+def open_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"image file not found: {path}")
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise CLIError(f"cannot read {path} as an image ({e.__class__.__name__}); give a PNG, JPEG, ...") from None
+
+
+def explain(model, processor, image, texts: Sequence[str], caption: Optional[str] = None) -> dict:
+    """Grad-ECLIP image maps for each text and word importances for each text (and ``caption``).
+
+    Returns:
+        dict with ``maps`` ``(T, h, w)``, ``scores`` ``(T,)`` and ``text_rows``
+        ``[(title, words, attributions (L,))]``.
+    """
+    import torch
+
+    from . import ImageGradECLIP, ImageTextSimilarity, TextGradECLIP, TextImageSimilarity
+    from .visualization import words_of
+
+    all_texts = list(texts) + ([caption] if caption else [])
+    inputs = processor(text=all_texts, images=[image], return_tensors="pt", padding=True, truncation=True)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    n = len(texts)
+    sim = ImageTextSimilarity(model, input_ids=ids[:n], attention_mask=mask[:n])
+    image_layer = model.vision_model.encoder.layers[-1]
+    maps = ImageGradECLIP(sim, image_layer).attribute_all(inputs["pixel_values"])[0]
+    with torch.no_grad():
+        scores = sim(inputs["pixel_values"])[0]
+    tsim = TextImageSimilarity(model, pixel_values=inputs["pixel_values"])
+    words = TextGradECLIP(tsim, list(model.text_model.encoder.layers[-8:])).attribute(
+        ids, target=0, additional_forward_args=(mask,))
+    eos = tsim.eos_positions(ids)
+    rows = []
+    with torch.no_grad():
+        tscores = tsim(ids, mask)[:, 0]
+    for i, text in enumerate(all_texts):
+        e = int(eos[i])
+        rows.append((f"word importance: \"{text}\" (cos = {float(tscores[i]):.3f})",
+                     words_of(processor.tokenizer, ids[i, 1:e]), words[i, 1:e]))
+    return dict(maps=maps, scores=scores, text_rows=rows)
+
+
+def _save(fig, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+def cmd_demo(args) -> None:
+    from .shapes import load_shapes_clip, render_scene
+    from .visualization import explanation_figure
+
+    t0 = time.time()
+    model, processor = load_shapes_clip()
+    scene = render_scene(seed=args.seed, n_objects=3)
+    caption = scene.caption()
+    res = explain(model, processor, scene.image, scene.prompts, caption=caption)
+    big = scene.image.resize((256, 256), 0)  # nearest: show the 64 px scene as the model sees it
+    rows = res["text_rows"][-1:] + res["text_rows"][:-1]
+    fig = explanation_figure(big, scene.prompts, res["maps"], res["scores"], rows[:1])
+    _save(fig, args.out)
+    print(f"scene: {caption}; explained {len(scene.prompts)} prompts and the caption in {time.time() - t0:.1f} s")
+
+
+def cmd_explain(args) -> None:
+    from .visualization import explanation_figure
+
+    if not args.text:
+        raise CLIError("give at least one --text")
+    image = open_image(args.image)
+    model, processor = load_model(args.model)
+    res = explain(model, processor, image, args.text)
+    fig = explanation_figure(image, args.text, res["maps"], res["scores"], res["text_rows"])
+    _save(fig, args.out)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="captum-gradeclip", description="Grad-ECLIP explanations of CLIP.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="explain a synthetic scene with the shipped ShapesCLIP (offline)")
+    d.add_argument("--out", default="demo.png")
+    d.add_argument("--seed", type=int, default=7)
+    d.set_defaults(func=cmd_demo)
+    e = sub.add_parser("explain", help="explain an image against texts with any Hugging Face CLIP")
+    e.add_argument("image")
+    e.add_argument("--text", action="append", default=[], help="a text to match (repeat)")
+    e.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
+    e.add_argument("--out", default="explanation.png")
+    e.set_defaults(func=cmd_explain)
+    try:
+        from .benchmark import add_parser as add_benchmark
+    except ImportError:  # pragma: no cover
+        add_benchmark = None
+    if add_benchmark is not None:
+        add_benchmark(sub)
+    args = ap.parse_args(argv)
+    try:
+        args.func(args)
+    except CLIError as err:
+        print(f"captum-gradeclip: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Faithfulness and localisation metrics for any attribution map (functional, tensors in/out).
+
+- :func:`deletion` / :func:`insertion`: remove (insert) pixels in the map's order, track the
+  explained score (and optionally zero-shot accuracy), return curves and AUCs.
+- :func:`pointing_game`, :func:`energy_pointing_game`, :func:`mask_iou`: against object masks.
+- :func:`word_deletion` / :func:`word_insertion`: the text-side curves.
+
+Maps of any resolution ``(N, 1, h, w)``, ``(N, h, w)`` or ``(N, C, H, W)`` (summed over channels)
+are upsampled (bilinear) to the image.
+"""
+
+from .localization import energy_pointing_game, mask_iou, pointing_game
+from .perturbation import CurveResult, deletion, insertion, word_deletion, word_insertion
+
+__all__ = ["CurveResult", "deletion", "energy_pointing_game", "insertion", "mask_iou", "pointing_game",
+           "word_deletion", "word_insertion"]
