@@ -30,6 +30,15 @@ def _start_graph(x: Tensor) -> Tensor:
     return x.detach().requires_grad_(True)
 
 
+def _has_fast_path_mha(forward_func: Any) -> bool:
+    """Whether the modules of ``forward_func`` hold a batch-first ``nn.MultiheadAttention`` in eval
+    mode (PyTorch computes it with another kernel when grad is off)."""
+    if not isinstance(forward_func, nn.Module):
+        return False
+    return any(isinstance(m, nn.MultiheadAttention) and m.batch_first and not m.training
+               for m in forward_func.modules())
+
+
 def _check_target(target: TargetType, n: int, t: int) -> None:
     """Typed errors for targets Captum would reject with an assert (or silently mis-index)."""
     def check_int(i: int) -> None:
@@ -235,6 +244,9 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
         # in the reproduction mode the explained layers have one head, for the spatial weights too
         captures = [Capture(num_heads=1 if self.single_head else a.num_heads) for a in self._adapters]
         need_graph = any(torch.is_tensor(x) and x.requires_grad for x in inputs)
+        # batch-first MultiheadAttention anywhere in the model would take PyTorch's no-grad fast path
+        need_graph = need_graph or not all(a.graph_free_prefix for a in self._adapters) or _has_fast_path_mha(
+            self.forward_func)
         handles = []
         try:
             for adapter, cap in zip(self._adapters, captures):

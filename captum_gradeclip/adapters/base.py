@@ -55,6 +55,12 @@ class AttentionAdapter:
     #: a short name for error messages
     name: str = "attention"
 
+    @property
+    def graph_free_prefix(self) -> bool:
+        """Whether the blocks before this layer may run under ``torch.no_grad()`` without
+        changing the model's numbers (False where PyTorch picks another kernel without grad)."""
+        return True
+
     def __init__(self, module: nn.Module) -> None:
         self.module = module
 

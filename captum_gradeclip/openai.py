@@ -1,0 +1,104 @@
+"""Forward functions for OpenAI CLIP (the ``clip`` package) and open_clip models.
+
+Both packages expose ``model.encode_image(images)`` and ``model.encode_text(tokens)``, pool the
+text at the EOS token (the argmax of the ids), and use ``torch.nn.MultiheadAttention`` in their
+transformers (``AttentionPool2d`` in the ResNet towers), which the adapters read. Neither package
+is imported here::
+
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16", pretrained="openai")
+    tokens = open_clip.get_tokenizer("ViT-B-16")(["a dog", "a cat"])
+    sim = EncoderImageTextSimilarity(model, tokens)                         # (N, 3, H, W) -> (N, T)
+    ImageGradECLIP(sim, model.visual.transformer.resblocks[-1]).attribute(images, target=0)
+    tsim = EncoderTextImageSimilarity(model, images)                        # (T, L) -> (T, N)
+    TextGradECLIP(tsim, list(model.transformer.resblocks[-8:])).attribute(tokens, target=0)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .forward import _normalize, eos_positions
+
+
+def _patch_size(visual: nn.Module) -> Optional[int]:
+    p = getattr(visual, "patch_size", None)
+    if p is None and isinstance(getattr(visual, "conv1", None), nn.Conv2d) and not hasattr(visual, "attnpool"):
+        p = visual.conv1.kernel_size
+    if isinstance(p, (tuple, list)):
+        p = p[0] if p[0] == p[-1] else tuple(p)
+    return p
+
+
+def _check(model: nn.Module) -> None:
+    for name in ("encode_image", "encode_text"):
+        if not callable(getattr(model, name, None)):
+            raise TypeError(f"model must have encode_image and encode_text (OpenAI CLIP / open_clip); "
+                            f"{type(model).__name__} has no {name!r}")
+
+
+class EncoderImageTextSimilarity(nn.Module):
+    r"""``images (N, 3, H, W) -> (N, T)`` cosine similarity (or logits) with ``T`` fixed texts.
+
+    Args:
+        model: an OpenAI CLIP or open_clip model (``encode_image``, ``encode_text``).
+        text_tokens: ``(T, L)`` token ids from the package's tokenizer.
+        text_embeds: ``(T, E)`` precomputed text embeddings instead.
+        logits: multiply by ``model.logit_scale.exp()``.
+
+    Attributes:
+        patch_size: of a ViT image tower (``None`` for ResNets: their grid comes from the
+            attention pool).
+    """
+
+    def __init__(self, model: nn.Module, text_tokens: Optional[Tensor] = None, *,
+                 text_embeds: Optional[Tensor] = None, logits: bool = False) -> None:
+        super().__init__()
+        _check(model)
+        self.model, self.logits = model, logits
+        if text_embeds is None:
+            if text_tokens is None or text_tokens.dim() != 2 or text_tokens.shape[0] == 0:
+                raise ValueError("pass text_tokens (T, L) with T >= 1, or text_embeds (T, E)")
+            with torch.no_grad():
+                text_embeds = model.encode_text(text_tokens)
+        self.register_buffer("text_embeds", _normalize(text_embeds.detach().float()), persistent=False)
+        self.patch_size = _patch_size(getattr(model, "visual", model))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(N, 3, H, W) -> (N, T)``."""
+        img = _normalize(self.model.encode_image(images))
+        sim = img @ self.text_embeds.to(img.dtype).t()
+        return sim * self.model.logit_scale.exp() if self.logits else sim
+
+
+class EncoderTextImageSimilarity(nn.Module):
+    r"""``text_tokens (T, L) -> (T, N)`` cosine similarity (or logits) with ``N`` fixed images.
+
+    Args:
+        model: an OpenAI CLIP or open_clip model. images: ``(N, 3, H, W)``.
+        image_embeds: ``(N, E)`` precomputed instead. logits: multiply by the logit scale.
+    """
+
+    def __init__(self, model: nn.Module, images: Optional[Tensor] = None, *,
+                 image_embeds: Optional[Tensor] = None, logits: bool = False) -> None:
+        super().__init__()
+        _check(model)
+        self.model, self.logits = model, logits
+        if image_embeds is None:
+            if images is None or images.dim() != 4 or images.shape[0] == 0:
+                raise ValueError("pass images (N, 3, H, W) with N >= 1, or image_embeds (N, E)")
+            with torch.no_grad():
+                image_embeds = model.encode_image(images)
+        self.register_buffer("image_embeds", _normalize(image_embeds.detach().float()), persistent=False)
+
+    def eos_positions(self, text_tokens: Tensor) -> Tensor:
+        """``(T, L) -> (T,)``: the EOS token is the highest id (OpenAI's tokenizer)."""
+        return eos_positions(text_tokens, None)
+
+    def forward(self, text_tokens: Tensor) -> Tensor:
+        """``(T, L) -> (T, N)``."""
+        txt = _normalize(self.model.encode_text(text_tokens))
+        sim = txt @ self.image_embeds.to(txt.dtype).t()
+        return sim * self.model.logit_scale.exp() if self.logits else sim
