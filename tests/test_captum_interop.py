@@ -37,11 +37,38 @@ def test_is_a_captum_layer_attribution(setup):
     assert g.layer is model.vision_model.encoder.layers[-1]
 
 
-def test_block_and_self_attn_give_the_same_map(setup):
+def test_block_and_self_attn_give_the_same_map(setup, monkeypatch):
+    # a block takes the pooled-row shortcut for dS/do (block_tail.py); its attention alone takes
+    # the full backward: the same numbers up to float rounding
+    from captum_gradeclip._core.block_tail import BlockTail
+
+    calls = []
+    original = BlockTail.pooled_o_grad
+    monkeypatch.setattr(BlockTail, "pooled_o_grad", lambda *a: calls.append(1) or original(*a))
     model, sim, pixels, *_ = setup
     block = model.vision_model.encoder.layers[-1]
     a = ImageGradECLIP(sim, block).attribute(pixels, target=0)
     b = ImageGradECLIP(sim, block.self_attn).attribute(pixels, target=0)
+    assert len(calls) == 1
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    a_all = ImageGradECLIP(sim, block).attribute_all(pixels)
+    b_all = ImageGradECLIP(sim, block.self_attn).attribute_all(pixels)
+    assert len(calls) == 2
+    torch.testing.assert_close(a_all, b_all, rtol=1e-5, atol=1e-7)
+
+
+def test_shortcut_falls_back_when_other_rows_matter(setup, monkeypatch):
+    # the first block's output feeds every token of the next block: the shortcut must not apply
+    from captum_gradeclip._core.block_tail import BlockTail
+
+    results = []
+    original = BlockTail.pooled_o_grad
+    monkeypatch.setattr(BlockTail, "pooled_o_grad", lambda *a: results.append(original(*a)) or results[-1])
+    model, sim, pixels, *_ = setup
+    first = model.vision_model.encoder.layers[0]
+    a = ImageGradECLIP(sim, first).attribute(pixels, target=0)
+    b = ImageGradECLIP(sim, first.self_attn).attribute(pixels, target=0)
+    assert results == [None]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

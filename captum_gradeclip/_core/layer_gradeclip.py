@@ -13,6 +13,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from ..adapters import AttentionAdapter, Capture, find_adapter
+from .block_tail import BlockTail
 from .functional import SPATIAL_MODES, attention_mask_rows, spatial_weights, token_map
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module]]
@@ -135,6 +136,7 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
         if not layers:
             raise ValueError("layer is an empty list; pass at least one transformer block or attention module")
         self._adapters: List[AttentionAdapter] = [find_adapter(m) for m in layers]
+        self._tails = [BlockTail.find(m, a) for m, a in zip(layers, self._adapters)]
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
         self.spatial = spatial
@@ -232,6 +234,9 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
     # ---- the machinery ----------------------------------------------------------------------
     #: whether the map needs dS/do (gradient-free baselines set False: one forward, no backward)
     _needs_grad: bool = True
+    #: whether dS/do at the pooled token may come from the block-tail shortcut (block_tail.py);
+    #: methods that need the gradient at every token set False
+    _fast_grad: bool = True
 
     def _sources(self, capture: Capture) -> List[Tensor]:
         """The tensors the score is differentiated against, for one layer."""
@@ -247,10 +252,13 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
         # batch-first MultiheadAttention anywhere in the model would take PyTorch's no-grad fast path
         need_graph = need_graph or not all(a.graph_free_prefix for a in self._adapters) or _has_fast_path_mha(
             self.forward_func)
+        tail = self._tails[0] if (self._fast_grad and len(captures) == 1) else None
         handles = []
         try:
             for adapter, cap in zip(self._adapters, captures):
                 handles += adapter.attach(cap, single_head=self.single_head, start_graph=_start_graph)
+            if tail is not None:
+                handles += tail.attach(captures[0])
             with torch.enable_grad() if need_graph else torch.no_grad():
                 output = self.forward_func(*inputs, *additional)
         finally:
@@ -272,7 +280,26 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
         if not all_targets:
             _check_target(target, n, t)
         grads: List[Optional[List[Tensor]]] = [None] * len(captures)
-        if self._needs_grad:
+        pooled_grad = None
+        if tail is not None and captures[0].extra.get("block_out") is not None:
+            # the shortcut: differentiate against the block output, carry the pooled row through
+            # the block's tail (see block_tail.py); falls through to the full backward if it fails
+            cap = captures[0]
+            out = cap.extra["block_out"]
+            if out.requires_grad and scores.requires_grad:
+                pooled = self._pooled_positions(inputs, additional, cap)
+                with torch.enable_grad():
+                    if all_targets:
+                        eye = torch.eye(t, dtype=scores.dtype, device=scores.device)
+                        g = torch.autograd.grad(scores, out, grad_outputs=eye[:, None, :].expand(t, n, t),
+                                                is_grads_batched=True, retain_graph=True, allow_unused=True)[0]
+                    else:
+                        selected = scores[:, 0] if target is None else _select_targets(scores, target)
+                        g = torch.autograd.grad(selected.sum(), out, retain_graph=True, allow_unused=True)[0]
+                        g = None if g is None else g[None]
+                if g is not None:
+                    pooled_grad = tail.pooled_o_grad(cap, g.detach(), pooled)
+        if self._needs_grad and pooled_grad is None:
             per_layer = [self._sources(c) for c in captures]
             sources = [x for srcs in per_layer for x in srcs]
             if any(x is None or not x.requires_grad for x in sources) or not scores.requires_grad:
@@ -299,10 +326,12 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
             layers.append(LayerContext(
                 capture=cap, grads=g, pooled=pooled, scored=self._scored(inputs, pooled, cap),
                 attended=attention_mask_rows(cap.mask, cap.is_causal, pooled, length),
+                pooled_o_grad=pooled_grad,
             ))
         targets = torch.arange(t) if all_targets else target
         total = self._combine(layers, relu=relu, targets=targets, n_targets=t if all_targets else 1)
-        return self._finalize(total, inputs, layers[-1].pooled, layers[-1].capture).to(inputs[0].device)
+        out = self._finalize(total, inputs, layers[-1].pooled, layers[-1].capture)
+        return out.detach().to(inputs[0].device)
 
     def _o_grad(self, layer: "LayerContext") -> Tensor:
         """``(T, B, L, D)``: dS/do of one layer."""
@@ -315,7 +344,10 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
         for layer in layers:
             cap, pooled = layer.capture, layer.pooled
             rows = torch.arange(pooled.shape[0], device=pooled.device)
-            w = self._o_grad(layer)[:, rows, pooled]  # (T, B, D)
+            if layer.pooled_o_grad is not None:
+                w = layer.pooled_o_grad  # (T, B, D)
+            else:
+                w = self._o_grad(layer)[:, rows, pooled]  # (T, B, D)
             lam = spatial_weights(query=cap.query.detach()[rows, pooled], keys=cap.key.detach(),
                                   scored=layer.scored, attended=layer.attended, mode=self.spatial,
                                   num_heads=cap.num_heads)
@@ -339,6 +371,7 @@ class LayerContext:
     pooled: Tensor
     scored: Tensor
     attended: Tensor
+    pooled_o_grad: Optional[Tensor] = None
 
 
 class ImageGradECLIP(LayerGradECLIP):

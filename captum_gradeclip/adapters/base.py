@@ -56,6 +56,16 @@ class AttentionAdapter:
     name: str = "attention"
 
     @property
+    def out_proj(self) -> Optional[nn.Linear]:
+        """The output projection ``attn_out = out_proj(o)``, where there is one."""
+        return None
+
+    @property
+    def seq_first(self) -> bool:
+        """Whether the layer's tensors are ``(L, B, D)`` (else ``(B, L, D)``)."""
+        return False
+
+    @property
     def graph_free_prefix(self) -> bool:
         """Whether the blocks before this layer may run under ``torch.no_grad()`` without
         changing the model's numbers (False where PyTorch picks another kernel without grad)."""

@@ -35,6 +35,10 @@ class QKVOutProjAdapter(AttentionAdapter):
         return all(is_linear(getattr(module, n, None)) for n in ("q_proj", "k_proj", "v_proj", "out_proj"))
 
     @property
+    def out_proj(self) -> nn.Linear:
+        return self.module.out_proj
+
+    @property
     def num_heads(self) -> int:
         m = self.module
         heads = getattr(m, "num_heads", None)
@@ -68,6 +72,9 @@ class QKVOutProjAdapter(AttentionAdapter):
         def before_out_proj(mod, args):
             capture.grad_source = args[0]
 
+        def after(mod, args, output):
+            capture.extra["attn_out"] = output[0] if isinstance(output, tuple) else output
+
         handles = [
             m.register_forward_pre_hook(pre, with_kwargs=True),
             m.q_proj.register_forward_hook(setter("query")),
@@ -83,7 +90,10 @@ class QKVOutProjAdapter(AttentionAdapter):
                 )
                 capture.grad_source = o
                 out = F.linear(o, mod.out_proj.weight, mod.out_proj.bias)
+                capture.extra["attn_out"] = out
                 return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
 
             handles.append(m.register_forward_hook(replace, with_kwargs=True))
+        else:
+            handles.append(m.register_forward_hook(after))
         return handles

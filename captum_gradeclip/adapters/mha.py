@@ -65,6 +65,14 @@ class MultiheadAttentionAdapter(AttentionAdapter):
         return int(self.module.num_heads)
 
     @property
+    def out_proj(self) -> nn.Linear:
+        return self.module.out_proj
+
+    @property
+    def seq_first(self) -> bool:
+        return not bool(getattr(self.module, "batch_first", False))
+
+    @property
     def graph_free_prefix(self) -> bool:
         # batch-first MultiheadAttention in eval mode takes PyTorch's fused "fast path" when grad
         # is off, whose bits differ from the path with grad; keep grad on for the whole forward
@@ -111,8 +119,10 @@ class MultiheadAttentionAdapter(AttentionAdapter):
                 capture.grad_source, capture.to_o_grad = o, None
                 new = F.linear(o, mod.out_proj.weight, mod.out_proj.bias)
                 new = new if batch_first else new.transpose(0, 1)
+                capture.extra["attn_out"] = new
                 return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
             capture.grad_source = out
+            capture.extra["attn_out"] = out
             w_out = mod.out_proj.weight
 
             def to_o_grad(g: Tensor) -> Tensor:

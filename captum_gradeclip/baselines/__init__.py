@@ -49,6 +49,7 @@ def _pooled_rows(x: Tensor, pooled: Tensor) -> Tensor:
 
 class _NoGrad:
     _needs_grad = False
+    _fast_grad = False
 
     def _expand(self, m: Tensor, layers, n_targets: int) -> Tensor:
         m = torch.where(layers[-1].scored, m, torch.zeros((), dtype=m.dtype, device=m.device))
@@ -76,6 +77,8 @@ class _RolloutMixin(_NoGrad):
 class _GAMEMixin:
     """Chefer et al. (ICCV 2021): ``R <- R + E_h[(grad_A * A)^+] R`` over the layers, with
     ``grad_A = grad_o v^T`` per head (exact, as ``o = A v``)."""
+
+    _fast_grad = False  # needs the gradient at every token
 
     def _combine(self, layers, *, relu, targets, n_targets):
         r = None
@@ -113,6 +116,8 @@ class GAME(_GAMEMixin, ImageGradECLIP):
 class TokenGradCAM(ImageGradECLIP):
     """Grad-CAM on ViT tokens: the input of ``layer``'s attention (after its LayerNorm), channel
     weights = mean gradient over the patch tokens, map = ReLU(sum_c w_c x_i,c). ``(N, 1, h, w)``."""
+
+    _fast_grad = False
 
     def _sources(self, capture):
         return [capture.extra["input"]]
