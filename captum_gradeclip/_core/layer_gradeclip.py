@@ -40,6 +40,22 @@ def _has_fast_path_mha(forward_func: Any) -> bool:
                for m in forward_func.modules())
 
 
+def _score_grads(scores: Tensor, sources: List[Tensor], target: TargetType, all_targets: bool,
+                 retain_graph: bool = False) -> List[Optional[Tensor]]:
+    """``dS/dsource`` for each source, stacked over targets: ``(T, *source.shape)`` for every
+    column of ``scores (N, T)`` (one batched backward), or ``(1, ...)`` for ``target``."""
+    n, t = scores.shape
+    with torch.enable_grad():
+        if all_targets:
+            eye = torch.eye(t, dtype=scores.dtype, device=scores.device)
+            grads = torch.autograd.grad(scores, sources, grad_outputs=eye[:, None, :].expand(t, n, t),
+                                        is_grads_batched=True, retain_graph=retain_graph, allow_unused=True)
+            return [None if g is None else g.detach() for g in grads]
+        selected = scores[:, 0] if target is None else _select_targets(scores, target)
+        grads = torch.autograd.grad(selected.sum(), sources, retain_graph=retain_graph, allow_unused=True)
+        return [None if g is None else g.detach()[None] for g in grads]
+
+
 def _check_target(target: TargetType, n: int, t: int) -> None:
     """Typed errors for targets Captum would reject with an assert (or silently mis-index)."""
     def check_int(i: int) -> None:
@@ -287,38 +303,21 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
             cap = captures[0]
             out = cap.extra["block_out"]
             if out.requires_grad and scores.requires_grad:
-                pooled = self._pooled_positions(inputs, additional, cap)
-                with torch.enable_grad():
-                    if all_targets:
-                        eye = torch.eye(t, dtype=scores.dtype, device=scores.device)
-                        g = torch.autograd.grad(scores, out, grad_outputs=eye[:, None, :].expand(t, n, t),
-                                                is_grads_batched=True, retain_graph=True, allow_unused=True)[0]
-                    else:
-                        selected = scores[:, 0] if target is None else _select_targets(scores, target)
-                        g = torch.autograd.grad(selected.sum(), out, retain_graph=True, allow_unused=True)[0]
-                        g = None if g is None else g[None]
+                g = _score_grads(scores, [out], target, all_targets, retain_graph=True)[0]
                 if g is not None:
-                    pooled_grad = tail.pooled_o_grad(cap, g.detach(), pooled)
+                    pooled_grad = tail.pooled_o_grad(cap, g, self._pooled_positions(inputs, additional, cap))
         if self._needs_grad and pooled_grad is None:
             per_layer = [self._sources(c) for c in captures]
             sources = [x for srcs in per_layer for x in srcs]
             if any(x is None or not x.requires_grad for x in sources) or not scores.requires_grad:
                 raise ValueError("the score does not depend on the explained layer(s) through autograd; "
                                  "pass layers of the tower the forward function differentiates")
-            with torch.enable_grad():
-                if all_targets:
-                    eye = torch.eye(t, dtype=scores.dtype, device=scores.device)
-                    flat = torch.autograd.grad(scores, sources, grad_outputs=eye[:, None, :].expand(t, n, t),
-                                               is_grads_batched=True, allow_unused=True)
-                else:
-                    selected = scores[:, 0] if target is None else _select_targets(scores, target)
-                    flat = torch.autograd.grad(selected.sum(), sources, allow_unused=True)
-                    flat = tuple(None if g is None else g[None] for g in flat)
+            flat = _score_grads(scores, sources, target, all_targets)
             if any(g is None for g in flat):
                 raise ValueError("the score does not depend on the explained layer(s); pass layers "
                                  "of the tower the forward function runs")
             it = iter(flat)
-            grads = [[next(it).detach() for _ in srcs] for srcs in per_layer]
+            grads = [[next(it) for _ in srcs] for srcs in per_layer]
         layers = []
         for cap, g in zip(captures, grads):
             pooled = self._pooled_positions(inputs, additional, cap)
