@@ -82,6 +82,6 @@ def test_quality_bar_on_held_out_scenes():
     from captum_gradeclip.shapes.evaluate import evaluate
 
     model, processor = load_shapes_clip()
-    q = evaluate(model, processor, n=100)
+    q = evaluate(model, processor, n=500)  # the README numbers
     assert q["present_above_absent"] >= 0.95, q
     assert q["same_colour_distractor"] >= 0.95 and q["same_shape_distractor"] >= 0.95, q

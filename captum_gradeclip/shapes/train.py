@@ -58,6 +58,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="continue from this checkpoint (its TRAINING.json chain is kept)")
     args = ap.parse_args(argv)
 
     from transformers import CLIPModel
@@ -69,7 +71,8 @@ def main(argv=None) -> None:
     tok = processor.tokenizer
     config = build_config(len(tok), tok.eos_token_id, tok.bos_token_id)
     config.text_config._attn_implementation = "sdpa"
-    model = CLIPModel(config)
+    model = CLIPModel(config) if args.init is None else CLIPModel.from_pretrained(args.init, local_files_only=True)
+    model.config.text_config._attn_implementation = "sdpa"
     model.train()
     prompts = tok(all_prompts(), padding=True, return_tensors="pt")
     sig_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
@@ -124,14 +127,19 @@ def main(argv=None) -> None:
     model.config.text_config._attn_implementation = None
     model.save_pretrained(args.out, safe_serialization=True)
     processor.save_pretrained(args.out)
-    (args.out / "TRAINING.json").write_text(json.dumps({
+    history = []
+    if args.init is not None and (args.init / "TRAINING.json").is_file():
+        history = json.loads((args.init / "TRAINING.json").read_text())["stages"]
+    history.append({
         "command": "python -m captum_gradeclip.shapes.train " + " ".join(
             f"--{k} {v}" for k, v in [("steps", args.steps), ("batch", args.batch), ("lr", args.lr),
-                                      ("seed", args.seed), ("threads", args.threads)]),
+                                      ("seed", args.seed), ("threads", args.threads), ("init", args.init)]
+            if v is not None),
         "torch": torch.__version__,
         "seconds": round(time.time() - t0),
-        "train_seed_offset": TRAIN_SEED_OFFSET,
-    }, indent=2) + "\n")
+    })
+    (args.out / "TRAINING.json").write_text(json.dumps(
+        {"stages": history, "train_seed_offset": TRAIN_SEED_OFFSET}, indent=2) + "\n")
     print(f"saved to {args.out}")
 
 
