@@ -63,7 +63,7 @@ def test_benchmark_folder_mode(tmp_path):
     prompts.write_text("a red circle\na blue square\na green bar\n")
     out = tmp_path / "bench"
     assert main(["benchmark", "--images", str(imgs), "--prompts", str(prompts), "--step", "0.25",
-                 "--methods", "Grad-ECLIP (cosine", "CLS attention", "--out-dir", str(out)]) == 0
+                 "--methods", "cosine, default", "CLS attention", "--out-dir", str(out)]) == 0
     res = json.loads((out / "benchmark.json").read_text())
     assert res["images"] == 2 and set(res["image"]) == {"Grad-ECLIP (cosine, default)", "CLS attention"}
 

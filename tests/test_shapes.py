@@ -1,5 +1,6 @@
 """ShapesCLIP: scenes (determinism, masks), the shipped model (offline loading, quality bar)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +30,7 @@ def test_masks_match_the_drawn_pixels():
     m = sc.masks[0]
     side = 0.85 * 0.5 * 64  # the square's side: 0.85 of the bounding square
     assert abs(m.sum().item() - side * side) < 2 * side  # area within a pixel rim
-    img = torch.tensor(list(sc.image.getdata()), dtype=torch.float32).view(64, 64, 3)
+    img = torch.tensor(np.asarray(sc.image), dtype=torch.float32)
     assert img[m].mean(0).min() > 200  # white inside
     assert img[~m].mean() < 150  # darker background outside
     x0, y0, x1, y1 = sc.boxes[0].tolist()
