@@ -17,6 +17,7 @@ from typing import Any, List, Union
 
 import torch
 import torch.nn.functional as F
+from captum._utils.common import _format_additional_forward_args
 from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
@@ -205,8 +206,7 @@ class RISE(PerturbationAttribution):
         """``inputs (N, C, H, W)`` -> ``(N, 1, H, W)`` saliency of ``target``."""
         if inputs.dim() != 4:
             raise ValueError(f"RISE expects images (N, C, H, W), got shape {tuple(inputs.shape)}")
-        extra = () if additional_forward_args is None else (
-            additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,))
+        extra = _format_additional_forward_args(additional_forward_args) or ()
         n, _, h, w = inputs.shape
         masks = self._masks(h, w, inputs.device)
         tgt = torch.as_tensor(0 if target is None else target, device=inputs.device).reshape(-1).expand(n)

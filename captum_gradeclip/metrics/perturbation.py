@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from captum._utils.common import _format_additional_forward_args
 from torch import Tensor
 
 from ._maps import to_image_map
@@ -59,8 +60,7 @@ def _curve(forward_func, inputs, attributions, target, *, insert: bool, step: fl
     n, _, h, w = inputs.shape
     if attributions.shape[0] != n:
         raise ValueError(f"attributions have {attributions.shape[0]} examples, inputs {n}")
-    extra = () if additional_forward_args is None else (
-        additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,))
+    extra = _format_additional_forward_args(additional_forward_args) or ()
     tgt = torch.as_tensor(target).reshape(-1).expand(n)
     a = to_image_map(attributions, (h, w)).flatten(1)
     order = torch.argsort(a, dim=1, descending=True, stable=True)  # most important first
@@ -163,8 +163,7 @@ def _word_curve(forward_func, input_ids, attributions, target, *, insert, replac
                          f"{tuple(input_ids.shape)} and {tuple(attributions.shape)}")
     if words.shape != input_ids.shape:
         raise ValueError(f"words must be a (T, L) bool mask of the word positions, got {tuple(words.shape)}")
-    extra = () if additional_forward_args is None else (
-        additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,))
+    extra = _format_additional_forward_args(additional_forward_args) or ()
     t_n = input_ids.shape[0]
     tgt = torch.as_tensor(target).reshape(-1).expand(t_n)
     k_max = 11  # fractions 0, 0.1, ..., 1 of each text's words
