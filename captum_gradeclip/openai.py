@@ -15,7 +15,7 @@ is imported here::
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,25 @@ def _patch_size(visual: nn.Module) -> Optional[int]:
     if isinstance(p, (tuple, list)):
         p = p[0] if p[0] == p[-1] else tuple(p)
     return p
+
+
+def _image_pool(visual: nn.Module) -> str:
+    """How the image tower pools: ``"tok"`` (class token), ``"attnpool"`` (ResNet attention
+    pooling), or what else it does (open_clip's ``pool_type`` "avg"/"none", an attentional pooler)."""
+    if hasattr(visual, "attnpool"):
+        return "attnpool"
+    if getattr(visual, "attn_pool", None) is not None:
+        return "attentional pooler (attn_pool)"
+    return str(getattr(visual, "pool_type", "tok"))
+
+
+def _text_pool(model: nn.Module) -> Tuple[str, Optional[int]]:
+    """open_clip's text pooling (``text_pool_type``, ``text_eos_id``); OpenAI's is the argmax."""
+    text = getattr(model, "text", None)
+    pool = getattr(model, "text_pool_type", None) or getattr(text, "pool_type", None) or "argmax"
+    eos = getattr(model, "text_eos_id", None)
+    eos = eos if eos is not None else getattr(text, "eos_id", None)
+    return str(pool), eos
 
 
 def _check(model: nn.Module) -> None:
@@ -51,6 +70,11 @@ class EncoderImageTextSimilarity(nn.Module):
     Attributes:
         patch_size: of a ViT image tower (``None`` for ResNets: their grid comes from the
             attention pool).
+        image_pool: how the image tower pools (``"tok"``: class token; ``"attnpool"``: ResNet
+            attention pooling; else open_clip's ``pool_type``, e.g. ``"avg"``).
+        pooled_token: ``0``, the row Grad-ECLIP explains, or ``None`` when the tower pools no
+            single token (then :class:`~captum_gradeclip.ImageGradECLIP` refuses it; other
+            Captum methods still work on this forward).
     """
 
     def __init__(self, model: nn.Module, text_tokens: Optional[Tensor] = None, *,
@@ -64,7 +88,10 @@ class EncoderImageTextSimilarity(nn.Module):
             with torch.no_grad():
                 text_embeds = model.encode_text(text_tokens)
         self.register_buffer("text_embeds", _normalize(text_embeds.detach().float()), persistent=False)
-        self.patch_size = _patch_size(getattr(model, "visual", model))
+        visual = getattr(model, "visual", model)
+        self.patch_size = _patch_size(visual)
+        self.image_pool = _image_pool(visual)
+        self.pooled_token: Optional[int] = 0 if self.image_pool in ("tok", "attnpool") else None
 
     def forward(self, images: Tensor) -> Tensor:
         """``(N, 3, H, W) -> (N, T)``."""
@@ -79,6 +106,10 @@ class EncoderTextImageSimilarity(nn.Module):
     Args:
         model: an OpenAI CLIP or open_clip model. images: ``(N, 3, H, W)``.
         image_embeds: ``(N, E)`` precomputed instead. logits: multiply by the logit scale.
+
+    Attributes:
+        text_pool, text_eos_id: how the text tower pools (open_clip's ``text_pool_type`` and
+            ``text_eos_id``; ``"argmax"`` for OpenAI CLIP), read by :meth:`eos_positions`.
     """
 
     def __init__(self, model: nn.Module, images: Optional[Tensor] = None, *,
@@ -92,10 +123,31 @@ class EncoderTextImageSimilarity(nn.Module):
             with torch.no_grad():
                 image_embeds = model.encode_image(images)
         self.register_buffer("image_embeds", _normalize(image_embeds.detach().float()), persistent=False)
+        self.text_pool, self.text_eos_id = _text_pool(model)
 
     def eos_positions(self, text_tokens: Tensor) -> Tensor:
-        """``(T, L) -> (T,)``: the EOS token is the highest id (OpenAI's tokenizer)."""
-        return eos_positions(text_tokens, None)
+        """``(T, L) -> (T,)``: the position the text tower pools: the highest id (OpenAI CLIP and
+        open_clip's default ``"argmax"``), the first ``text_eos_id`` (``"eos"``) or the last
+        position (``"last"``).
+
+        Raises:
+            ValueError: the tower pools the first token or no single token (nothing to explain
+                before it), or a text has no EOS id.
+        """
+        if self.text_pool == "argmax":
+            return eos_positions(text_tokens, None)
+        if self.text_pool == "eos" and self.text_eos_id is not None:
+            hit = text_tokens == int(self.text_eos_id)
+            missing = (~hit.any(dim=-1)).nonzero().flatten().tolist()
+            if missing:
+                raise ValueError(f"text(s) {missing} have no EOS token (id {self.text_eos_id}); tokenize "
+                                 "with the model's tokenizer (open_clip.get_tokenizer)")
+            return hit.int().argmax(dim=-1).long()
+        if self.text_pool == "last":
+            return torch.full((text_tokens.shape[0],), text_tokens.shape[1] - 1, dtype=torch.long,
+                              device=text_tokens.device)
+        raise ValueError(f"the text tower pools with pool_type={self.text_pool!r}; Grad-ECLIP explains "
+                         "a tower that pools one token after the words ('argmax', 'eos' or 'last')")
 
     def forward(self, text_tokens: Tensor) -> Tensor:
         """``(T, L) -> (T, N)``."""

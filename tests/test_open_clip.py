@@ -1,8 +1,12 @@
-"""Real open_clip models (random weights, tiny configs, offline) through the same classes.
+"""Real open_clip models (random weights, tiny configs, offline) through the same classes, against
+the line-by-line references in references.py.
 
-Skipped where open_clip is not installed; CI runs this file in a second environment with the
-``open_clip`` extra (see .ci/run).
+Skipped where open_clip is not installed; CI runs the suite a second time in an environment with
+the ``open_clip`` extra (see .ci/run).
 """
+
+import pathlib
+import re
 
 import pytest
 import torch
@@ -10,19 +14,27 @@ import torch
 open_clip = pytest.importorskip("open_clip")
 
 from conftest import hook_count  # noqa: E402
+from references import (  # noqa: E402
+    attnpool_reference,
+    model_state,
+    record_outputs,
+    text_reference,
+    vit_reference,
+)
 
 from captum_gradeclip import ImageGradECLIP, TextGradECLIP  # noqa: E402
+from captum_gradeclip.adapters import FusedQKVSelfAttentionAdapter, MultiheadAttentionAdapter, find_adapter  # noqa: E402
 from captum_gradeclip.openai import EncoderImageTextSimilarity, EncoderTextImageSimilarity  # noqa: E402
 
 
-def tiny(vision: str):
+def tiny(vision: str = "vit", seed: int = 0, **vision_extra):
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if vision == "vit":
-        vcfg = CLIPVisionCfg(layers=2, width=32, head_width=8, patch_size=8, image_size=32)
+        vcfg = CLIPVisionCfg(layers=2, width=32, head_width=8, patch_size=8, image_size=32, **vision_extra)
     else:
-        vcfg = CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, head_width=16, image_size=64)
+        vcfg = CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, head_width=16, image_size=64, **vision_extra)
     tcfg = CLIPTextCfg(context_length=8, vocab_size=50, width=32, heads=4, layers=3)
     return CLIP(embed_dim=16, vision_cfg=vcfg, text_cfg=tcfg).eval()
 
@@ -31,50 +43,216 @@ def tokens():
     return torch.tensor([[48, 5, 6, 49, 0, 0, 0, 0], [48, 7, 8, 9, 10, 49, 0, 0], [48, 3, 49, 0, 0, 0, 0, 0]])
 
 
-def spy_outputs(sim):
-    outs = []
-    h = sim.register_forward_hook(lambda m, a, out: outs.append(out.detach().clone()) and None)
-    return outs, h
+@pytest.fixture
+def images():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 32, 32)
 
 
-def test_open_clip_vit_image_and_text():
-    model = tiny("vit")
-    x = torch.randn(2, 3, 32, 32)
-    sim = EncoderImageTextSimilarity(model, tokens(), logits=True)
-    outs, h = spy_outputs(sim)
-    g = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1])
-    a = g.attribute(x, target=1)
-    all_maps = g.attribute_all(x)
+def test_adapters_chosen_by_structure():
+    model = tiny()
+    assert isinstance(find_adapter(model.visual.transformer.resblocks[-1]), MultiheadAttentionAdapter)
+    assert model.visual.transformer.resblocks[-1].attn.batch_first  # open_clip runs batch-first
+    custom = tiny(qk_norm=True)
+    assert isinstance(find_adapter(custom.visual.transformer.resblocks[-1]), FusedQKVSelfAttentionAdapter)
+
+
+@pytest.mark.parametrize("single_head", [False, True])
+def test_vit_matches_published_recipe(single_head, images):
+    model = tiny()
+    sim = EncoderImageTextSimilarity(model, tokens())
+    assert sim.patch_size == 8 and sim.pooled_token == 0
+    outs, h = record_outputs(sim)
+    got = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], single_head=single_head).attribute(images, target=2)
     h.remove()
-    assert a.shape == (2, 1, 4, 4) and all_maps.shape == (2, 3, 4, 4) and a.abs().sum() > 0
-    torch.testing.assert_close(all_maps[:, 1:2], a, rtol=1e-5, atol=1e-7)
+    ref, ref_score = vit_reference(model, images, sim.text_embeds, 2, single_head)
+    assert got.shape == (2, 1, 4, 4) and got.abs().max() > 0
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
     with torch.enable_grad():
-        assert torch.equal(outs[0], sim(x))  # the model's own score
-    tsim = EncoderTextImageSimilarity(model, x)
-    w = TextGradECLIP(tsim, list(model.transformer.resblocks[-8:])).attribute(tokens(), target=0)
-    assert w.shape == (3, 8) and w[:, 0].eq(0).all() and w.abs().sum() > 0
+        own = sim(images)
+    if single_head:  # the reproduction mode explains a modified model: its score is not the model's
+        assert not torch.allclose(outs[0], own)
+        torch.testing.assert_close(outs[0][:, 2].sum(), ref_score.detach(), rtol=1e-5, atol=1e-6)
+    else:  # the model's own score, bit for bit
+        assert torch.equal(outs[0], own)
     assert hook_count(model) == 0
 
 
-def test_open_clip_resnet_attention_pool():
+def test_vit_attribute_all_and_logits(images):
+    model = tiny()
+    sim = EncoderImageTextSimilarity(model, tokens(), logits=True)
+    g = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1])
+    all_maps = g.attribute_all(images)
+    assert all_maps.shape == (2, 3, 4, 4)
+    for t in range(3):
+        torch.testing.assert_close(all_maps[:, t:t + 1], g.attribute(images, target=t), rtol=1e-5, atol=1e-7)
+    # logits are the cosine times the logit scale: the same map up to that scale
+    cos_map = ImageGradECLIP(EncoderImageTextSimilarity(model, tokens()), model.visual.transformer.resblocks[-1])
+    torch.testing.assert_close(all_maps, cos_map.attribute_all(images) * model.logit_scale.exp().item(),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_text_tower_matches_reference(images):
+    model = tiny()
+    tsim = EncoderTextImageSimilarity(model, images)
+    assert tsim.text_pool == "argmax"
+    layers = list(model.transformer.resblocks)
+    got = TextGradECLIP(tsim, layers, spatial="attention").attribute(tokens(), target=1, relu_attributions=False)
+    ref = text_reference(model, tokens(), tsim.image_embeds, 1, layers, model.attn_mask)
+    assert got.abs().sum() > 0
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    w = TextGradECLIP(tsim, layers[-2:]).attribute(tokens(), target=0)
+    assert w.shape == (3, 8) and (w >= 0).all() and w[:, 0].eq(0).all() and w[0, 3:].eq(0).all()
+    assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("single_head", [False, True])
+def test_resnet_attention_pool_matches_reference(single_head):
     model = tiny("resnet")
+    torch.manual_seed(2)
     x = torch.randn(2, 3, 64, 64)
     sim = EncoderImageTextSimilarity(model, tokens())
-    outs, h = spy_outputs(sim)
-    a = ImageGradECLIP(sim, model.visual.attnpool).attribute(x, target=0)
+    assert sim.patch_size is None and sim.image_pool == "attnpool"
+    feats = []
+    h = model.visual.attnpool.register_forward_pre_hook(lambda m, a: feats.append(a[0].detach()))
+    model.visual(x)
     h.remove()
-    assert a.shape == (2, 1, 2, 2) and torch.isfinite(a).all()
+    outs, h = record_outputs(sim)
+    got = ImageGradECLIP(sim, model.visual.attnpool, single_head=single_head).attribute(x, target=0)
+    h.remove()
+    assert got.shape == (2, 1, 2, 2)
+    ref = attnpool_reference(model.visual.attnpool, feats[0], sim.text_embeds, 0, single_head)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
     with torch.enable_grad():
-        assert torch.equal(outs[0], sim(x))
+        own = sim(x)
+    assert torch.equal(outs[0], own) != single_head
     assert hook_count(model) == 0
 
 
-def test_single_head_mode_changes_the_score():
-    model = tiny("vit")
-    x = torch.randn(1, 3, 32, 32)
+def test_custom_attention_block_equals_multihead_path(images):
+    """open_clip's own Attention (block_type="custom") with the same weights as the default
+    nn.MultiheadAttention block computes the same model: the same maps through another adapter."""
+    default = tiny()
+    custom = tiny(block_type="custom")
+    missing, unexpected = custom.load_state_dict(default.state_dict(), strict=False)
+    assert not unexpected and all("ln_" in k or "head_scale" in k for k in missing)
+    assert isinstance(find_adapter(custom.visual.transformer.resblocks[-1]), FusedQKVSelfAttentionAdapter)
+    maps = []
+    for model in (default, custom):
+        sim = EncoderImageTextSimilarity(model, tokens())
+        for spatial in ("cosine", "attention"):
+            maps.append(ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], spatial=spatial).attribute_all(images))
+    torch.testing.assert_close(maps[2], maps[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(maps[3], maps[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("single_head", [False, True])
+def test_custom_attention_with_qk_norm_and_head_scale(single_head, images):
+    model = tiny(qk_norm=True, scale_heads=True)
+    attn = model.visual.transformer.resblocks[-1].attn
+    with torch.no_grad():  # make the per-head norms and scales do something
+        attn.head_scale.copy_(torch.tensor([0.5, 1.0, 2.0, 3.0]).view(4, 1, 1))
+        attn.ln_q.weight.uniform_(0.5, 1.5)
+        attn.ln_k.bias.uniform_(-0.5, 0.5)
     sim = EncoderImageTextSimilarity(model, tokens())
-    outs, h = spy_outputs(sim)
-    ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], single_head=True).attribute(x, target=0)
+    outs, h = record_outputs(sim)
+    got = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], single_head=single_head).attribute(images, target=1)
     h.remove()
+    ref, _ = vit_reference(model, images, sim.text_embeds, 1, single_head)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
     with torch.enable_grad():
-        assert not torch.allclose(outs[0], sim(x))
+        assert torch.equal(outs[0], sim(images)) != single_head
+    assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_no_side_effects_on_success(train_mode, images):
+    model = tiny().train(train_mode)
+    for p in model.visual.conv1.parameters():
+        p.requires_grad_(False)  # a partly frozen model
+    before = model_state(model)
+    sim = EncoderImageTextSimilarity(model, tokens())
+    ImageGradECLIP(sim, model.visual.transformer.resblocks[-1]).attribute(images, target=0)
+    ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], single_head=True).attribute_all(images)
+    tsim = EncoderTextImageSimilarity(model, images)
+    TextGradECLIP(tsim, list(model.transformer.resblocks)).attribute(tokens(), target=0)
+    assert model_state(model) == before
+    resnet = tiny("resnet").requires_grad_(False)  # fully frozen
+    before = model_state(resnet)
+    a = ImageGradECLIP(EncoderImageTextSimilarity(resnet, tokens()), resnet.visual.attnpool).attribute(
+        torch.randn(1, 3, 64, 64), target=0)
+    assert a.abs().sum() > 0 and model_state(resnet) == before
+
+
+def test_no_side_effects_on_error(images):
+    model = tiny()
+    before = model_state(model)
+    sim = EncoderImageTextSimilarity(model, tokens())
+    g = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1])
+    with pytest.raises(IndexError):
+        g.attribute(images, target=3)
+    with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
+        g.attribute(torch.randn(1, 3, 36, 32), target=0)
+
+    def failing(x):
+        sim(x)
+        raise RuntimeError("boom inside the forward")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        ImageGradECLIP(failing, model.visual.transformer.resblocks[-1], patch_size=8).attribute(images, target=0)
+    assert model_state(model) == before and torch.is_grad_enabled()
+
+
+def test_errors_name_the_problem(images):
+    model = tiny()
+    sim = EncoderImageTextSimilarity(model, tokens())
+    with pytest.raises(TypeError, match=r"no supported attention found in Sequential \(children: c_fc: Linear"):
+        ImageGradECLIP(sim, model.visual.transformer.resblocks[-1].mlp)
+    with pytest.raises(TypeError, match="register_adapter"):
+        ImageGradECLIP(sim, model.visual.conv1)
+    with pytest.raises(ValueError, match="holds 2 attention modules"):
+        ImageGradECLIP(sim, model.visual.transformer)
+    with pytest.raises(ValueError, match="must run exactly once|ran 0 times"):
+        ImageGradECLIP(sim, model.transformer.resblocks[-1]).attribute(images, target=0)  # text tower layer
+    cosine = tiny(scaled_cosine_attn=True)
+    with pytest.raises(NotImplementedError, match="scaled cosine attention"):
+        ImageGradECLIP(EncoderImageTextSimilarity(cosine, tokens()), cosine.visual.transformer.resblocks[-1])
+    avg = tiny(pool_type="avg")
+    avg_sim = EncoderImageTextSimilarity(avg, tokens())
+    assert avg_sim.pooled_token is None
+    with pytest.raises(ValueError, match="pools with 'avg', not a class token"):
+        ImageGradECLIP(avg_sim, avg.visual.transformer.resblocks[-1])
+    tsim = EncoderTextImageSimilarity(model, images)
+    tsim.text_pool = "first"
+    with pytest.raises(ValueError, match="pool_type='first'"):
+        TextGradECLIP(tsim, model.transformer.resblocks[-1]).attribute(tokens(), target=0)
+    assert hook_count(model) == 0
+
+
+def test_text_pool_types(images):
+    model = tiny()
+    tsim = EncoderTextImageSimilarity(model, images)
+    ids = tokens()
+    tsim.text_pool, tsim.text_eos_id = "eos", 49
+    assert tsim.eos_positions(ids).tolist() == [3, 5, 2]
+    tsim.text_eos_id = 2  # open_clip's default eos_id is 2: its first occurrence, not the argmax
+    with pytest.raises(ValueError, match=r"text\(s\) \[0, 1, 2\] have no EOS token \(id 2\)"):
+        tsim.eos_positions(ids)
+    tsim.text_pool = "last"
+    assert tsim.eos_positions(ids).tolist() == [7, 7, 7]
+
+
+def test_readme_open_clip_quickstart_runs():
+    """The README's open_clip snippet, with ``pretrained=None`` (random weights, offline) in
+    place of ``pretrained="openai"`` (a download)."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("**open_clip / OpenAI CLIP**", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'pretrained="openai"' in code
+    code = code.replace('pretrained="openai"', "pretrained=None")
+    scope: dict = {}
+    exec(compile(code, "README open_clip quickstart", "exec"), scope)
+    assert scope["attr"].shape == (1, 1, 7, 7) and torch.isfinite(scope["attr"]).all()
+    assert scope["all_maps"].shape == (1, len(scope["texts"]), 7, 7)
+    assert scope["words"].shape == scope["tokens"].shape == (len(scope["texts"]), 77)
+    assert scope["words"][:, 0].eq(0).all()

@@ -410,6 +410,13 @@ class ImageGradECLIP(LayerGradECLIP):
             ValueError, TypeError: see :class:`LayerGradECLIP`.
         """
         super().__init__(forward_func, layer, device_ids, spatial=spatial, single_head=single_head)
+        if hasattr(forward_func, "pooled_token") and forward_func.pooled_token is None:
+            raise ValueError(
+                f"the image tower pools with {getattr(forward_func, 'image_pool', 'no single token')!r}, "
+                "not a class token: Grad-ECLIP explains the pooled token's attention row. Use a "
+                "model that pools the class token, or a method without that assumption (e.g. "
+                "captum_gradeclip.baselines or Captum's LayerGradCam)"
+            )
         self.patch_size = patch_size if patch_size is not None else getattr(forward_func, "patch_size", None)
 
     def _check_inputs(self, inputs, additional) -> None:

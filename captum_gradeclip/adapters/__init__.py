@@ -16,6 +16,7 @@ from typing import List, Type
 from torch import nn
 
 from .base import AttentionAdapter, Capture
+from .fused_qkv import FusedQKVSelfAttentionAdapter
 from .hf_clip import QKVOutProjAdapter
 from .mha import AttentionPool2dAdapter, MultiheadAttentionAdapter
 
@@ -36,7 +37,7 @@ def registered_adapters() -> List[Type[AttentionAdapter]]:
     return list(_REGISTRY)
 
 
-for _cls in (QKVOutProjAdapter, MultiheadAttentionAdapter, AttentionPool2dAdapter):
+for _cls in (QKVOutProjAdapter, MultiheadAttentionAdapter, FusedQKVSelfAttentionAdapter, AttentionPool2dAdapter):
     register_adapter(_cls)
 
 
@@ -86,6 +87,7 @@ __all__ = [
     "AttentionAdapter",
     "AttentionPool2dAdapter",
     "Capture",
+    "FusedQKVSelfAttentionAdapter",
     "MultiheadAttentionAdapter",
     "QKVOutProjAdapter",
     "find_adapter",

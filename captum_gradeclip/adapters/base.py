@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
@@ -105,6 +106,15 @@ def replace_first_arg(args: tuple, kwargs: dict, name: str, value: Any):
     if name in kwargs:
         return args, {**kwargs, name: value}
     return (value,) + tuple(args[1:]), kwargs
+
+
+def first_param(module: nn.Module) -> str:
+    """The name of the first parameter of ``module.forward`` (``""`` if it cannot be read)."""
+    try:
+        params = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return ""
+    return params[0] if params else ""
 
 
 def is_linear(m: Any) -> bool:

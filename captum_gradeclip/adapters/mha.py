@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .._core.functional import single_head_attention
-from .base import AttentionAdapter, Capture, StartGraph, is_linear
+from .base import AttentionAdapter, Capture, StartGraph, first_param, is_linear
 
 
 def _mha_weights(m: nn.Module) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
@@ -58,7 +58,10 @@ class MultiheadAttentionAdapter(AttentionAdapter):
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         has_in = getattr(module, "in_proj_weight", None) is not None or getattr(module, "q_proj_weight", None) is not None
-        return has_in and is_linear(getattr(module, "out_proj", None)) and hasattr(module, "num_heads")
+        # MultiheadAttention's call is (query, key, value, ...): one-input fused attentions
+        # (open_clip's Attention) have their own adapter
+        return (has_in and is_linear(getattr(module, "out_proj", None)) and hasattr(module, "num_heads")
+                and first_param(module) == "query")
 
     @property
     def num_heads(self) -> int:
