@@ -115,8 +115,15 @@ def main(argv=None) -> None:
                 reps = args.repeats if method in ("forward", "attribute_all") else 1
                 cmd = [sys.executable, __file__, "--cell", f"{method},{size},{texts},{reps}"]
                 cmd += ["--quick"] if args.quick else []
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                cell = json.loads(out.strip().splitlines()[-1])
+                run = subprocess.run(cmd, capture_output=True, text=True)
+                if run.returncode != 0:  # e.g. killed by the kernel for memory: record it, go on
+                    why = (f"killed by signal {-run.returncode} (out of memory?)" if run.returncode < 0
+                           else (run.stderr.strip().splitlines() or ["failed"])[-1])
+                    cells.append(dict(method=method, size=size, texts=texts, seconds=None, peak_mb=None,
+                                      extra_mb=None, repeats=0, failed=why))
+                    print(f"{method:15s} {size:4d}px T={texts:3d}  {why}", flush=True)
+                    continue
+                cell = json.loads(run.stdout.strip().splitlines()[-1])
                 cells.append(cell)
                 print(f"{method:15s} {size:4d}px T={texts:3d}  {cell['seconds']:8.3f} s  "
                       f"peak {cell['peak_mb']:7.0f} MB  (+{cell['extra_mb']:.0f} MB)", flush=True)
@@ -133,6 +140,9 @@ def table(cells: list) -> str:
     fwd = {c["size"]: c for c in cells if c["method"] == "forward"}
     for c in cells:
         f = fwd[c["size"]]
+        if c.get("failed"):
+            rows.append(f"| {c['size']} | {c['texts']} | {c['method']} | {c['failed']} | | | | | |")
+            continue
         rows.append(f"| {c['size']} | {c['texts'] if c['method'] != 'forward' else '-'} | {c['method']} | "
                     f"{c['seconds']:.3f} | {c['seconds'] / f['seconds']:.2f} | {c['peak_mb']:.0f} | "
                     f"{c['peak_mb'] / f['peak_mb']:.2f} | {c['extra_mb']:.0f} | "

@@ -2,6 +2,7 @@
 
     captum-gradeclip demo [--out demo.png]
     captum-gradeclip explain IMAGE --text "a dog" --text "a car" [--model NAME_OR_PATH] [--out fig.png]
+    captum-gradeclip explain IMAGE --text "a dog" --open-clip ViT-B-32:openai
     captum-gradeclip benchmark --quick
 """
 
@@ -35,6 +36,27 @@ def load_model(name: Optional[str]):
             "Give a local save_pretrained folder or a hub name (a hub name needs network access)."
         ) from None
     return model.eval(), processor
+
+
+def load_open_clip(spec: str):
+    """``"ARCH"`` or ``"ARCH:PRETRAINED"`` -> ``(model, preprocess, tokenizer)`` from open_clip
+    (no pretrained tag: random weights, for trying things offline)."""
+    try:
+        import open_clip
+    except ImportError:
+        raise CLIError("--open-clip needs open_clip: pip install 'captum-gradeclip[open_clip]'") from None
+    arch, _, pretrained = spec.partition(":")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None)
+        tokenizer = open_clip.get_tokenizer(arch)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise CLIError(
+            f"could not load open_clip model {spec!r}: {str(e).splitlines()[0]}\n"
+            "Give ARCH:PRETRAINED as open_clip.list_pretrained() lists them (downloads need network)."
+        ) from None
+    if not pretrained:
+        print(f"note: no pretrained tag in {spec!r}: {arch} has random weights", file=sys.stderr)
+    return model.eval(), preprocess, tokenizer
 
 
 def open_image(path: str):
@@ -85,6 +107,43 @@ def explain(model, processor, image, texts: Sequence[str], caption: Optional[str
     return dict(maps=maps, scores=scores, text_rows=rows)
 
 
+def explain_open_clip(model, preprocess, tokenizer, image, texts: Sequence[str]) -> dict:
+    """:func:`explain` for an open_clip (or OpenAI ``clip``) model: ViT towers at their last
+    block, ResNet towers at their attention pool; text at the last 8 blocks."""
+    import torch
+
+    from . import ImageGradECLIP, TextGradECLIP
+    from .openai import EncoderImageTextSimilarity, EncoderTextImageSimilarity
+
+    visual = model.visual
+    if hasattr(visual, "attnpool"):
+        image_layer = visual.attnpool
+    elif hasattr(getattr(visual, "transformer", None), "resblocks"):
+        image_layer = visual.transformer.resblocks[-1]
+    else:
+        raise CLIError(f"the image tower {type(visual).__name__} is neither an open_clip ViT nor a "
+                       "ResNet with attention pooling (timm and Hugging Face towers are not supported)")
+    text_blocks = getattr(model, "transformer", None) or getattr(getattr(model, "text", None), "transformer", None)
+    if not hasattr(text_blocks, "resblocks"):
+        raise CLIError("the text tower is not an open_clip transformer (Hugging Face text towers are not supported)")
+    ids = tokenizer(list(texts))
+    pixels = preprocess(image).unsqueeze(0)
+    sim = EncoderImageTextSimilarity(model, ids)
+    maps = ImageGradECLIP(sim, image_layer).attribute_all(pixels)[0]
+    with torch.no_grad():
+        scores = sim(pixels)[0]
+    tsim = EncoderTextImageSimilarity(model, pixels)
+    words = TextGradECLIP(tsim, list(text_blocks.resblocks[-8:])).attribute(ids, target=0)
+    eos = tsim.eos_positions(ids)
+    decode = tokenizer.decode if hasattr(tokenizer, "decode") else tokenizer.tokenizer.decode
+    rows = []
+    for i, text in enumerate(texts):
+        e = int(eos[i])
+        toks = [decode([int(j)]).strip() for j in ids[i, 1:e]]
+        rows.append((f"word importance: \"{text}\" (cos = {float(scores[i]):.3f})", toks, words[i, 1:e]))
+    return dict(maps=maps, scores=scores, text_rows=rows)
+
+
 def _save(fig, out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -113,8 +172,13 @@ def cmd_explain(args) -> None:
     if not args.text:
         raise CLIError("give at least one --text")
     image = open_image(args.image)
-    model, processor = load_model(args.model)
-    res = explain(model, processor, image, args.text)
+    if args.open_clip and args.model:
+        raise CLIError("give --model (Hugging Face) or --open-clip, not both")
+    if args.open_clip:
+        res = explain_open_clip(*load_open_clip(args.open_clip), image, args.text)
+    else:
+        model, processor = load_model(args.model)
+        res = explain(model, processor, image, args.text)
     fig = explanation_figure(image, args.text, res["maps"], res["scores"], res["text_rows"])
     _save(fig, args.out)
 
@@ -126,10 +190,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     d.add_argument("--out", default="demo.png")
     d.add_argument("--seed", type=int, default=7)
     d.set_defaults(func=cmd_demo)
-    e = sub.add_parser("explain", help="explain an image against texts with any Hugging Face CLIP")
+    e = sub.add_parser("explain", help="explain an image against texts with any Hugging Face or open_clip CLIP")
     e.add_argument("image")
     e.add_argument("--text", action="append", default=[], help="a text to match (repeat)")
     e.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
+    e.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]",
+                   help="an open_clip model instead, e.g. ViT-B-32:openai or RN50:openai (needs the open_clip extra)")
     e.add_argument("--out", default="explanation.png")
     e.set_defaults(func=cmd_explain)
     try:

@@ -41,6 +41,20 @@ def test_explain_errors(tmp_path, capsys):
     assert "could not load CLIP model" in capsys.readouterr().err
     assert main(["explain", str(good)]) == 2
     assert "at least one --text" in capsys.readouterr().err
+    assert main(["explain", str(good), "--text", "x", "--model", "m", "--open-clip", "RN50"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_explain_with_open_clip(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    img = tmp_path / "scene.png"
+    render_scene(seed=3).image.save(img)
+    out = tmp_path / "fig.png"
+    assert main(["explain", str(img), "--text", "a red circle", "--text", "a blue bar",
+                 "--open-clip", "ViT-B-32", "--out", str(out)]) == 0
+    assert _is_png(out) and "random weights" in capsys.readouterr().err
+    assert main(["explain", str(img), "--text", "x", "--open-clip", "No-Such-Arch"]) == 2
+    assert "could not load open_clip model 'No-Such-Arch'" in capsys.readouterr().err
 
 
 def test_benchmark_quick_path_end_to_end(tmp_path):
