@@ -256,3 +256,18 @@ def test_readme_open_clip_quickstart_runs():
     assert scope["all_maps"].shape == (1, len(scope["texts"]), 7, 7)
     assert scope["words"].shape == scope["tokens"].shape == (len(scope["texts"]), 77)
     assert scope["words"][:, 0].eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_gives_finite_maps(dtype, images):
+    fp32 = tiny()
+    ref_map = ImageGradECLIP(EncoderImageTextSimilarity(fp32, tokens()), fp32.visual.transformer.resblocks[-1]).attribute(
+        images, target=0)
+    model = tiny().to(dtype)
+    a = ImageGradECLIP(EncoderImageTextSimilarity(model, tokens()), model.visual.transformer.resblocks[-1]).attribute(
+        images.to(dtype), target=0)
+    assert a.dtype == torch.float32 and torch.isfinite(a).all()
+    assert torch.nn.functional.cosine_similarity(a.flatten(), ref_map.flatten(), dim=0) > 0.95
+    w = TextGradECLIP(EncoderTextImageSimilarity(model, images.to(dtype)), list(model.transformer.resblocks)).attribute(
+        tokens(), target=0)
+    assert torch.isfinite(w).all() and w.abs().sum() > 0

@@ -115,3 +115,20 @@ def test_no_side_effects_and_errors(images):
     with pytest.raises(TypeError, match=r"no supported attention found in Sequential \(children: c_fc"):
         ImageGradECLIP(sim, model.visual.transformer.resblocks[-1].mlp)
     assert model_state(model) == before
+
+
+def test_blocks_before_the_explained_layer_build_no_graph(images):
+    """Sequence-first MultiheadAttention has no no-grad fast path, so the blocks before the
+    explained one run without autograd (as on the Hugging Face path)."""
+    model = tiny()
+    sim = EncoderImageTextSimilarity(model, tokens())
+    seen = {}
+    blocks = model.visual.transformer.resblocks
+    handles = [blocks[i].register_forward_hook(
+        lambda m, a, out, i=i: seen.__setitem__(i, (torch.is_grad_enabled(), out.requires_grad))) for i in (0, 1)]
+    try:
+        ImageGradECLIP(sim, blocks[1]).attribute(images, target=0)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == {0: (False, False), 1: (True, True)}
