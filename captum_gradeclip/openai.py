@@ -18,9 +18,10 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .forward import _normalize, eos_positions
+from .forward import eos_positions
 
 
 def _patch_size(visual: nn.Module) -> Optional[int]:
@@ -67,6 +68,11 @@ class EncoderImageTextSimilarity(nn.Module):
         text_embeds: ``(T, E)`` precomputed text embeddings instead.
         logits: multiply by ``model.logit_scale.exp()``.
 
+    The output equals the package's own ``logit_scale * image_features @ text_features.T`` (or
+    the cosine), bit for bit, when the model runs with autograd on (as Captum's methods and the
+    explained forward run it); under ``torch.no_grad()`` PyTorch's fused attention kernel may
+    differ in the last bits.
+
     Attributes:
         patch_size: of a ViT image tower (``None`` for ResNets: their grid comes from the
             attention pool).
@@ -85,9 +91,11 @@ class EncoderImageTextSimilarity(nn.Module):
         if text_embeds is None:
             if text_tokens is None or text_tokens.dim() != 2 or text_tokens.shape[0] == 0:
                 raise ValueError("pass text_tokens (T, L) with T >= 1, or text_embeds (T, E)")
-            with torch.no_grad():
+            # with autograd on, as the explained forward runs: batch-first MultiheadAttention in
+            # eval mode takes another kernel (PyTorch's fast path) without it, other last bits
+            with torch.enable_grad():
                 text_embeds = model.encode_text(text_tokens)
-        self.register_buffer("text_embeds", _normalize(text_embeds.detach().float()), persistent=False)
+        self.register_buffer("text_embeds", F.normalize(text_embeds.detach().float(), dim=-1), persistent=False)
         visual = getattr(model, "visual", model)
         self.patch_size = _patch_size(visual)
         self.image_pool = _image_pool(visual)
@@ -95,9 +103,10 @@ class EncoderImageTextSimilarity(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """``(N, 3, H, W) -> (N, T)``."""
-        img = _normalize(self.model.encode_image(images))
-        sim = img @ self.text_embeds.to(img.dtype).t()
-        return sim * self.model.logit_scale.exp() if self.logits else sim
+        img = F.normalize(self.model.encode_image(images), dim=-1)
+        txt = self.text_embeds.to(img.dtype)
+        # the packages' own expression and order: logit_scale * image_features @ text_features.T
+        return self.model.logit_scale.exp() * img @ txt.t() if self.logits else img @ txt.t()
 
 
 class EncoderTextImageSimilarity(nn.Module):
@@ -120,9 +129,9 @@ class EncoderTextImageSimilarity(nn.Module):
         if image_embeds is None:
             if images is None or images.dim() != 4 or images.shape[0] == 0:
                 raise ValueError("pass images (N, 3, H, W) with N >= 1, or image_embeds (N, E)")
-            with torch.no_grad():
+            with torch.enable_grad():
                 image_embeds = model.encode_image(images)
-        self.register_buffer("image_embeds", _normalize(image_embeds.detach().float()), persistent=False)
+        self.register_buffer("image_embeds", F.normalize(image_embeds.detach().float(), dim=-1), persistent=False)
         self.text_pool, self.text_eos_id = _text_pool(model)
 
     def eos_positions(self, text_tokens: Tensor) -> Tensor:
@@ -151,6 +160,7 @@ class EncoderTextImageSimilarity(nn.Module):
 
     def forward(self, text_tokens: Tensor) -> Tensor:
         """``(T, L) -> (T, N)``."""
-        txt = _normalize(self.model.encode_text(text_tokens))
-        sim = txt @ self.image_embeds.to(txt.dtype).t()
-        return sim * self.model.logit_scale.exp() if self.logits else sim
+        txt = F.normalize(self.model.encode_text(text_tokens), dim=-1)
+        img = self.image_embeds.to(txt.dtype)
+        # as the packages compute logits_per_text: the image-by-text product, transposed
+        return (self.model.logit_scale.exp() * img @ txt.t() if self.logits else img @ txt.t()).t()

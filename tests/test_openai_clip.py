@@ -132,3 +132,14 @@ def test_blocks_before_the_explained_layer_build_no_graph(images):
         for h in handles:
             h.remove()
     assert seen == {0: (False, False), 1: (True, True)}
+
+
+@pytest.mark.parametrize("vision", ["vit", "resnet"])
+def test_similarity_equals_the_packages_own_logits(vision):
+    model = tiny(vision)
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 32 if vision == "vit" else 64, 32 if vision == "vit" else 64)
+    with torch.enable_grad():
+        per_image, per_text = model(x, tokens())
+        assert torch.equal(EncoderImageTextSimilarity(model, tokens(), logits=True)(x), per_image)
+        assert torch.equal(EncoderTextImageSimilarity(model, x, logits=True)(tokens()), per_text)
