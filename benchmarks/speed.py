@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                 # ViT-B/16-sized CLIP, random weights, 224 & 448 px
     python benchmarks/speed.py --quick         # a tiny CLIP, seconds (what CI runs)
+    python benchmarks/speed.py --backend open_clip --sizes 224   # open_clip ViT-B-16, random weights
 
 Every cell runs in its own subprocess (a fresh allocator). Reported: median wall time over the
 repeats (the first call, a warm-up, not counted when repeats > 1), the process' peak resident
@@ -47,7 +48,21 @@ def build(quick: bool, size: int, texts: int):
     return model, ids, pixels
 
 
-def run_cell(quick: bool, method: str, size: int, texts: int, repeats: int) -> dict:
+def build_open_clip(quick: bool, size: int, texts: int):
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16" if not quick else "ViT-B-32", pretrained=None).eval()
+    if size != model.visual.image_size[0]:
+        raise SystemExit(f"the open_clip backend runs at the model's own size ({model.visual.image_size[0]} px)")
+    ids = torch.zeros(texts, 77, dtype=torch.long)
+    ids[:, :16] = torch.randint(1, 49000, (texts, 16))
+    ids[:, 0], ids[:, 15] = 49406, 49407
+    return model, ids, torch.randn(1, 3, size, size)
+
+
+def run_cell(quick: bool, method: str, size: int, texts: int, repeats: int, backend: str = "hf") -> dict:
     import torch
     from captum.attr import IntegratedGradients, LayerGradCam
 
@@ -55,9 +70,17 @@ def run_cell(quick: bool, method: str, size: int, texts: int, repeats: int) -> d
     from captum_gradeclip._memory import PeakRSS
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    model, ids, pixels = build(quick, size, texts)
-    sim = ImageTextSimilarity(model, input_ids=ids, interpolate_pos_encoding=size != model.config.vision_config.image_size)
-    layers = model.vision_model.encoder.layers
+    if backend == "open_clip":
+        from captum_gradeclip.openai import EncoderImageTextSimilarity
+
+        model, ids, pixels = build_open_clip(quick, size, texts)
+        sim = EncoderImageTextSimilarity(model, ids)
+        layers = model.visual.transformer.resblocks
+    else:
+        model, ids, pixels = build(quick, size, texts)
+        sim = ImageTextSimilarity(model, input_ids=ids,
+                                  interpolate_pos_encoding=size != model.config.vision_config.image_size)
+        layers = model.vision_model.encoder.layers
     ge = ImageGradECLIP(sim, layers[-1])
     gc = LayerGradCam(sim, layers[-1])
     ig = IntegratedGradients(sim)
@@ -96,14 +119,16 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ig-texts", type=int, nargs="+", default=[1], help="T values IG runs for (slow)")
     ap.add_argument("--json", default=None, help="write the cells here")
+    ap.add_argument("--backend", choices=("hf", "open_clip"), default="hf",
+                    help="hf: a Hugging Face CLIPModel; open_clip: open_clip's ViT-B-16 (needs the extra)")
     ap.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cell:
         method, size, texts, repeats = args.cell.split(",")
-        print(json.dumps(run_cell(args.quick, method, int(size), int(texts), int(repeats))))
+        print(json.dumps(run_cell(args.quick, method, int(size), int(texts), int(repeats), args.backend)))
         return
     if args.quick:
-        args.sizes, args.texts, args.repeats = [32, 64], [1, 4], 1
+        args.sizes, args.texts, args.repeats = [32, 64] if args.backend == "hf" else [224], [1, 4], 1
     cells = []
     for size in args.sizes:
         for texts in args.texts:
@@ -114,7 +139,7 @@ def main(argv=None) -> None:
                     continue  # the image forward does not depend on T (text embeddings are cached)
                 reps = args.repeats if method in ("forward", "attribute_all") else 1
                 cmd = [sys.executable, __file__, "--cell", f"{method},{size},{texts},{reps}"]
-                cmd += ["--quick"] if args.quick else []
+                cmd += (["--quick"] if args.quick else []) + ["--backend", args.backend]
                 run = subprocess.run(cmd, capture_output=True, text=True)
                 if run.returncode != 0:  # e.g. killed by the kernel for memory: record it, go on
                     why = (f"killed by signal {-run.returncode} (out of memory?)" if run.returncode < 0

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._core.fastpath import mha_fast_path_off
 from .forward import eos_positions
 
 
@@ -70,8 +71,9 @@ class EncoderImageTextSimilarity(nn.Module):
 
     The output equals the package's own ``logit_scale * image_features @ text_features.T`` (or
     the cosine), bit for bit, when the model runs with autograd on (as Captum's methods and the
-    explained forward run it); under ``torch.no_grad()`` PyTorch's fused attention kernel may
-    differ in the last bits.
+    explained forward run it); under ``torch.no_grad()`` PyTorch's fused attention kernel for
+    batch-first ``nn.MultiheadAttention`` may differ in the last bits (the cached embeddings are
+    computed with that kernel switched off: see ``captum_gradeclip._core.fastpath``).
 
     Attributes:
         patch_size: of a ViT image tower (``None`` for ResNets: their grid comes from the
@@ -91,9 +93,7 @@ class EncoderImageTextSimilarity(nn.Module):
         if text_embeds is None:
             if text_tokens is None or text_tokens.dim() != 2 or text_tokens.shape[0] == 0:
                 raise ValueError("pass text_tokens (T, L) with T >= 1, or text_embeds (T, E)")
-            # with autograd on, as the explained forward runs: batch-first MultiheadAttention in
-            # eval mode takes another kernel (PyTorch's fast path) without it, other last bits
-            with torch.enable_grad():
+            with torch.no_grad(), mha_fast_path_off():  # the kernels the model runs with autograd on
                 text_embeds = model.encode_text(text_tokens)
         self.register_buffer("text_embeds", F.normalize(text_embeds.detach().float(), dim=-1), persistent=False)
         visual = getattr(model, "visual", model)
@@ -129,7 +129,7 @@ class EncoderTextImageSimilarity(nn.Module):
         if image_embeds is None:
             if images is None or images.dim() != 4 or images.shape[0] == 0:
                 raise ValueError("pass images (N, 3, H, W) with N >= 1, or image_embeds (N, E)")
-            with torch.enable_grad():
+            with torch.no_grad(), mha_fast_path_off():
                 image_embeds = model.encode_image(images)
         self.register_buffer("image_embeds", F.normalize(image_embeds.detach().float(), dim=-1), persistent=False)
         self.text_pool, self.text_eos_id = _text_pool(model)

@@ -201,6 +201,7 @@ def test_no_side_effects_on_error(images):
     with pytest.raises(RuntimeError, match="boom"):
         ImageGradECLIP(failing, model.visual.transformer.resblocks[-1], patch_size=8).attribute(images, target=0)
     assert model_state(model) == before and torch.is_grad_enabled()
+    assert torch.backends.mha.get_fastpath_enabled()  # PyTorch's global MHA setting restored
 
 
 def test_errors_name_the_problem(images):
@@ -283,3 +284,40 @@ def test_similarity_equals_the_packages_own_logits(vision):
         own = scale * img @ txt.t()
         assert torch.equal(EncoderImageTextSimilarity(model, tokens(), logits=True)(x), own)
         assert torch.equal(EncoderTextImageSimilarity(model, x, logits=True)(tokens()), own.t().contiguous())
+
+
+def test_speed_benchmark_open_clip_cell_runs():
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+    spec = importlib.util.spec_from_file_location("speed", path)
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    cell = speed.run_cell(True, "attribute_all", 224, 2, 1, "open_clip")
+    assert cell["method"] == "attribute_all" and cell["seconds"] > 0 and cell["peak_mb"] > 0
+
+
+def test_blocks_before_the_explained_layer_build_no_graph(images):
+    """open_clip's batch-first MultiheadAttention would take PyTorch's fused kernel without
+    autograd; the fast path is switched off during the explained forward (and restored, also on
+    error), so the blocks before the explained one run without a graph and the score stays the
+    model's own."""
+    model = tiny()
+    sim = EncoderImageTextSimilarity(model, tokens())
+    seen = {}
+    blocks = model.visual.transformer.resblocks
+    handles = [blocks[i].register_forward_hook(
+        lambda m, a, out, i=i: seen.__setitem__(i, (torch.is_grad_enabled(), out.requires_grad))) for i in (0, 1)]
+    outs, h = record_outputs(sim)
+    handles.append(h)
+    try:
+        ImageGradECLIP(sim, blocks[1]).attribute(images, target=0)
+        assert seen == {0: (False, False), 1: (True, True)}
+        with pytest.raises(IndexError):
+            ImageGradECLIP(sim, blocks[1]).attribute(images, target=9)
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.backends.mha.get_fastpath_enabled()
+    with torch.enable_grad():
+        assert torch.equal(outs[0], sim(images))

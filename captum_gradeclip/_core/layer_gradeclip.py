@@ -13,6 +13,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from ..adapters import AttentionAdapter, Capture, find_adapter
+from . import fastpath
 from .block_tail import BlockTail
 from .functional import SPATIAL_MODES, attention_mask_rows, spatial_weights, token_map
 
@@ -33,8 +34,9 @@ def _start_graph(x: Tensor) -> Tensor:
 
 def _has_fast_path_mha(forward_func: Any) -> bool:
     """Whether the modules of ``forward_func`` hold a batch-first ``nn.MultiheadAttention`` in eval
-    mode (PyTorch computes it with another kernel when grad is off)."""
-    if not isinstance(forward_func, nn.Module):
+    mode (PyTorch computes it with another kernel when grad is off) that cannot be kept off it
+    (a torch without ``torch.backends.mha``): then the whole forward runs with autograd."""
+    if fastpath.CAN_DISABLE or not isinstance(forward_func, nn.Module):
         return False
     return any(isinstance(m, nn.MultiheadAttention) and m.batch_first and not m.training
                for m in forward_func.modules())
@@ -265,7 +267,7 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
         # in the reproduction mode the explained layers have one head, for the spatial weights too
         captures = [Capture(num_heads=1 if self.single_head else a.num_heads) for a in self._adapters]
         need_graph = any(torch.is_tensor(x) and x.requires_grad for x in inputs)
-        # batch-first MultiheadAttention anywhere in the model would take PyTorch's no-grad fast path
+        # (batch-first MultiheadAttention's no-grad fast path is switched off during the forward)
         need_graph = need_graph or not all(a.graph_free_prefix for a in self._adapters) or _has_fast_path_mha(
             self.forward_func)
         tail = self._tails[0] if (self._fast_grad and len(captures) == 1) else None
@@ -275,7 +277,7 @@ class LayerGradECLIP(LayerAttribution, GradientAttribution):
                 handles += adapter.attach(cap, single_head=self.single_head, start_graph=_start_graph)
             if tail is not None:
                 handles += tail.attach(captures[0])
-            with torch.enable_grad() if need_graph else torch.no_grad():
+            with torch.enable_grad() if need_graph else torch.no_grad(), fastpath.mha_fast_path_off():
                 output = self.forward_func(*inputs, *additional)
         finally:
             for h in handles:

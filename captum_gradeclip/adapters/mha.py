@@ -75,14 +75,6 @@ class MultiheadAttentionAdapter(AttentionAdapter):
     def seq_first(self) -> bool:
         return not bool(getattr(self.module, "batch_first", False))
 
-    @property
-    def graph_free_prefix(self) -> bool:
-        # batch-first MultiheadAttention in eval mode takes PyTorch's fused "fast path" when grad
-        # is off, whose bits differ from the path with grad; keep grad on for the whole forward
-        # so that every block computes what it computes with grad (the explained score is then
-        # the model's own, bit for bit, as Captum's methods see it)
-        return not bool(getattr(self.module, "batch_first", False))
-
     def attach(self, capture: Capture, *, single_head: bool, start_graph: StartGraph) -> List[RemovableHandle]:
         m = self.module
         batch_first = bool(getattr(m, "batch_first", False))
