@@ -124,6 +124,34 @@ def attnpool_reference(pool, feat, text_embeds, target, single_head):
     return F.relu((w[:, None] * v[:, 1:]).sum(-1) * lam).view(n, 1, hh, ww).detach()
 
 
+def check_attnpool(model, similarity_cls, tokens, target, single_head, grid=(2, 2)):
+    """Explain a ResNet tower's attention pool (images (2, 3, 64, 64)) and compare with
+    :func:`attnpool_reference` on the feature map the pool received, and the explained score
+    with the model's own (equal unless ``single_head``)."""
+    from conftest import hook_count
+
+    from captum_gradeclip import ImageGradECLIP
+
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 64, 64)
+    sim = similarity_cls(model, tokens)
+    pool = model.visual.attnpool
+    feats = []
+    h = pool.register_forward_pre_hook(lambda m, a: feats.append(a[0].detach()))
+    model.visual(x)
+    h.remove()
+    outs, h = record_outputs(sim)
+    got = ImageGradECLIP(sim, pool, single_head=single_head).attribute(x, target=target)
+    h.remove()
+    assert got.shape == (2, 1, *grid)
+    ref = attnpool_reference(pool, feats[0], sim.text_embeds, target, single_head)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    with torch.enable_grad():
+        assert torch.equal(outs[0], sim(x)) != single_head
+    assert hook_count(model) == 0
+    return sim
+
+
 def record_outputs(module):
     """Record every output of ``module``; returns ``(list, handle)``."""
     outs = []

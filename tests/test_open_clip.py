@@ -14,8 +14,9 @@ import torch
 open_clip = pytest.importorskip("open_clip")
 
 from conftest import hook_count  # noqa: E402
+from openai_layout import tokens  # noqa: E402
 from references import (  # noqa: E402
-    attnpool_reference,
+    check_attnpool,
     model_state,
     record_outputs,
     text_reference,
@@ -39,16 +40,6 @@ def tiny(vision: str = "vit", seed: int = 0, **vision_extra):
     return CLIP(embed_dim=16, vision_cfg=vcfg, text_cfg=tcfg).eval()
 
 
-def tokens():
-    return torch.tensor([[48, 5, 6, 49, 0, 0, 0, 0], [48, 7, 8, 9, 10, 49, 0, 0], [48, 3, 49, 0, 0, 0, 0, 0]])
-
-
-@pytest.fixture
-def images():
-    torch.manual_seed(1)
-    return torch.randn(2, 3, 32, 32)
-
-
 def test_adapters_chosen_by_structure():
     model = tiny()
     assert isinstance(find_adapter(model.visual.transformer.resblocks[-1]), MultiheadAttentionAdapter)
@@ -58,18 +49,18 @@ def test_adapters_chosen_by_structure():
 
 
 @pytest.mark.parametrize("single_head", [False, True])
-def test_vit_matches_published_recipe(single_head, images):
+def test_vit_matches_published_recipe(single_head, pixels):
     model = tiny()
     sim = EncoderImageTextSimilarity(model, tokens())
     assert sim.patch_size == 8 and sim.pooled_token == 0
     outs, h = record_outputs(sim)
-    got = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], single_head=single_head).attribute(images, target=2)
+    got = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], single_head=single_head).attribute(pixels, target=2)
     h.remove()
-    ref, ref_score = vit_reference(model, images, sim.text_embeds, 2, single_head)
+    ref, ref_score = vit_reference(model, pixels, sim.text_embeds, 2, single_head)
     assert got.shape == (2, 1, 4, 4) and got.abs().max() > 0
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
     with torch.enable_grad():
-        own = sim(images)
+        own = sim(pixels)
     if single_head:  # the reproduction mode explains a modified model: its score is not the model's
         assert not torch.allclose(outs[0], own)
         torch.testing.assert_close(outs[0][:, 2].sum(), ref_score.detach(), rtol=1e-5, atol=1e-6)
@@ -78,23 +69,23 @@ def test_vit_matches_published_recipe(single_head, images):
     assert hook_count(model) == 0
 
 
-def test_vit_attribute_all_and_logits(images):
+def test_vit_attribute_all_and_logits(pixels):
     model = tiny()
     sim = EncoderImageTextSimilarity(model, tokens(), logits=True)
     g = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1])
-    all_maps = g.attribute_all(images)
+    all_maps = g.attribute_all(pixels)
     assert all_maps.shape == (2, 3, 4, 4)
     for t in range(3):
-        torch.testing.assert_close(all_maps[:, t:t + 1], g.attribute(images, target=t), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(all_maps[:, t:t + 1], g.attribute(pixels, target=t), rtol=1e-5, atol=1e-6)
     # logits are the cosine times the logit scale: the same map up to that scale
     cos_map = ImageGradECLIP(EncoderImageTextSimilarity(model, tokens()), model.visual.transformer.resblocks[-1])
-    torch.testing.assert_close(all_maps, cos_map.attribute_all(images) * model.logit_scale.exp().item(),
+    torch.testing.assert_close(all_maps, cos_map.attribute_all(pixels) * model.logit_scale.exp().item(),
                                rtol=1e-4, atol=1e-6)
 
 
-def test_text_tower_matches_reference(images):
+def test_text_tower_matches_reference(pixels):
     model = tiny()
-    tsim = EncoderTextImageSimilarity(model, images)
+    tsim = EncoderTextImageSimilarity(model, pixels)
     assert tsim.text_pool == "argmax"
     layers = list(model.transformer.resblocks)
     got = TextGradECLIP(tsim, layers, spatial="attention").attribute(tokens(), target=1, relu_attributions=False)
@@ -108,28 +99,11 @@ def test_text_tower_matches_reference(images):
 
 @pytest.mark.parametrize("single_head", [False, True])
 def test_resnet_attention_pool_matches_reference(single_head):
-    model = tiny("resnet")
-    torch.manual_seed(2)
-    x = torch.randn(2, 3, 64, 64)
-    sim = EncoderImageTextSimilarity(model, tokens())
+    sim = check_attnpool(tiny("resnet"), EncoderImageTextSimilarity, tokens(), 0, single_head)
     assert sim.patch_size is None and sim.image_pool == "attnpool"
-    feats = []
-    h = model.visual.attnpool.register_forward_pre_hook(lambda m, a: feats.append(a[0].detach()))
-    model.visual(x)
-    h.remove()
-    outs, h = record_outputs(sim)
-    got = ImageGradECLIP(sim, model.visual.attnpool, single_head=single_head).attribute(x, target=0)
-    h.remove()
-    assert got.shape == (2, 1, 2, 2)
-    ref = attnpool_reference(model.visual.attnpool, feats[0], sim.text_embeds, 0, single_head)
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
-    with torch.enable_grad():
-        own = sim(x)
-    assert torch.equal(outs[0], own) != single_head
-    assert hook_count(model) == 0
 
 
-def test_custom_attention_block_equals_multihead_path(images):
+def test_custom_attention_block_equals_multihead_path(pixels):
     """open_clip's own Attention (block_type="custom") with the same weights as the default
     nn.MultiheadAttention block computes the same model: the same maps through another adapter."""
     default = tiny()
@@ -141,13 +115,13 @@ def test_custom_attention_block_equals_multihead_path(images):
     for model in (default, custom):
         sim = EncoderImageTextSimilarity(model, tokens())
         for spatial in ("cosine", "attention"):
-            maps.append(ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], spatial=spatial).attribute_all(images))
+            maps.append(ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], spatial=spatial).attribute_all(pixels))
     torch.testing.assert_close(maps[2], maps[0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(maps[3], maps[1], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("single_head", [False, True])
-def test_custom_attention_with_qk_norm_and_head_scale(single_head, images):
+def test_custom_attention_with_qk_norm_and_head_scale(single_head, pixels):
     model = tiny(qk_norm=True, scale_heads=True)
     attn = model.visual.transformer.resblocks[-1].attn
     with torch.no_grad():  # make the per-head norms and scales do something
@@ -156,25 +130,25 @@ def test_custom_attention_with_qk_norm_and_head_scale(single_head, images):
         attn.ln_k.bias.uniform_(-0.5, 0.5)
     sim = EncoderImageTextSimilarity(model, tokens())
     outs, h = record_outputs(sim)
-    got = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], single_head=single_head).attribute(images, target=1)
+    got = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], single_head=single_head).attribute(pixels, target=1)
     h.remove()
-    ref, _ = vit_reference(model, images, sim.text_embeds, 1, single_head)
+    ref, _ = vit_reference(model, pixels, sim.text_embeds, 1, single_head)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
     with torch.enable_grad():
-        assert torch.equal(outs[0], sim(images)) != single_head
+        assert torch.equal(outs[0], sim(pixels)) != single_head
     assert hook_count(model) == 0
 
 
 @pytest.mark.parametrize("train_mode", [False, True])
-def test_no_side_effects_on_success(train_mode, images):
+def test_no_side_effects_on_success(train_mode, pixels):
     model = tiny().train(train_mode)
     for p in model.visual.conv1.parameters():
         p.requires_grad_(False)  # a partly frozen model
     before = model_state(model)
     sim = EncoderImageTextSimilarity(model, tokens())
-    ImageGradECLIP(sim, model.visual.transformer.resblocks[-1]).attribute(images, target=0)
-    ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], single_head=True).attribute_all(images)
-    tsim = EncoderTextImageSimilarity(model, images)
+    ImageGradECLIP(sim, model.visual.transformer.resblocks[-1]).attribute(pixels, target=0)
+    ImageGradECLIP(sim, model.visual.transformer.resblocks[-1], single_head=True).attribute_all(pixels)
+    tsim = EncoderTextImageSimilarity(model, pixels)
     TextGradECLIP(tsim, list(model.transformer.resblocks)).attribute(tokens(), target=0)
     assert model_state(model) == before
     resnet = tiny("resnet").requires_grad_(False)  # fully frozen
@@ -184,13 +158,13 @@ def test_no_side_effects_on_success(train_mode, images):
     assert a.abs().sum() > 0 and model_state(resnet) == before
 
 
-def test_no_side_effects_on_error(images):
+def test_no_side_effects_on_error(pixels):
     model = tiny()
     before = model_state(model)
     sim = EncoderImageTextSimilarity(model, tokens())
     g = ImageGradECLIP(sim, model.visual.transformer.resblocks[-1])
     with pytest.raises(IndexError):
-        g.attribute(images, target=3)
+        g.attribute(pixels, target=3)
     with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
         g.attribute(torch.randn(1, 3, 36, 32), target=0)
 
@@ -199,12 +173,12 @@ def test_no_side_effects_on_error(images):
         raise RuntimeError("boom inside the forward")
 
     with pytest.raises(RuntimeError, match="boom"):
-        ImageGradECLIP(failing, model.visual.transformer.resblocks[-1], patch_size=8).attribute(images, target=0)
+        ImageGradECLIP(failing, model.visual.transformer.resblocks[-1], patch_size=8).attribute(pixels, target=0)
     assert model_state(model) == before and torch.is_grad_enabled()
     assert torch.backends.mha.get_fastpath_enabled()  # PyTorch's global MHA setting restored
 
 
-def test_errors_name_the_problem(images):
+def test_errors_name_the_problem(pixels):
     model = tiny()
     sim = EncoderImageTextSimilarity(model, tokens())
     with pytest.raises(TypeError, match=r"no supported attention found in Sequential \(children: c_fc: Linear"):
@@ -214,7 +188,7 @@ def test_errors_name_the_problem(images):
     with pytest.raises(ValueError, match="holds 2 attention modules"):
         ImageGradECLIP(sim, model.visual.transformer)
     with pytest.raises(ValueError, match="must run exactly once|ran 0 times"):
-        ImageGradECLIP(sim, model.transformer.resblocks[-1]).attribute(images, target=0)  # text tower layer
+        ImageGradECLIP(sim, model.transformer.resblocks[-1]).attribute(pixels, target=0)  # text tower layer
     cosine = tiny(scaled_cosine_attn=True)
     with pytest.raises(NotImplementedError, match="scaled cosine attention"):
         ImageGradECLIP(EncoderImageTextSimilarity(cosine, tokens()), cosine.visual.transformer.resblocks[-1])
@@ -223,16 +197,16 @@ def test_errors_name_the_problem(images):
     assert avg_sim.pooled_token is None
     with pytest.raises(ValueError, match="pools with 'avg', not a class token"):
         ImageGradECLIP(avg_sim, avg.visual.transformer.resblocks[-1])
-    tsim = EncoderTextImageSimilarity(model, images)
+    tsim = EncoderTextImageSimilarity(model, pixels)
     tsim.text_pool = "first"
     with pytest.raises(ValueError, match="pool_type='first'"):
         TextGradECLIP(tsim, model.transformer.resblocks[-1]).attribute(tokens(), target=0)
     assert hook_count(model) == 0
 
 
-def test_text_pool_types(images):
+def test_text_pool_types(pixels):
     model = tiny()
-    tsim = EncoderTextImageSimilarity(model, images)
+    tsim = EncoderTextImageSimilarity(model, pixels)
     ids = tokens()
     tsim.text_pool, tsim.text_eos_id = "eos", 49
     assert tsim.eos_positions(ids).tolist() == [3, 5, 2]
@@ -260,16 +234,16 @@ def test_readme_open_clip_quickstart_runs():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_gives_finite_maps(dtype, images):
+def test_half_precision_gives_finite_maps(dtype, pixels):
     fp32 = tiny()
     ref_map = ImageGradECLIP(EncoderImageTextSimilarity(fp32, tokens()), fp32.visual.transformer.resblocks[-1]).attribute(
-        images, target=0)
+        pixels, target=0)
     model = tiny().to(dtype)
     a = ImageGradECLIP(EncoderImageTextSimilarity(model, tokens()), model.visual.transformer.resblocks[-1]).attribute(
-        images.to(dtype), target=0)
+        pixels.to(dtype), target=0)
     assert a.dtype == torch.float32 and torch.isfinite(a).all()
     assert torch.nn.functional.cosine_similarity(a.flatten(), ref_map.flatten(), dim=0) > 0.95
-    w = TextGradECLIP(EncoderTextImageSimilarity(model, images.to(dtype)), list(model.transformer.resblocks)).attribute(
+    w = TextGradECLIP(EncoderTextImageSimilarity(model, pixels.to(dtype)), list(model.transformer.resblocks)).attribute(
         tokens(), target=0)
     assert torch.isfinite(w).all() and w.abs().sum() > 0
 
@@ -297,7 +271,7 @@ def test_speed_benchmark_open_clip_cell_runs():
     assert cell["method"] == "attribute_all" and cell["seconds"] > 0 and cell["peak_mb"] > 0
 
 
-def test_blocks_before_the_explained_layer_build_no_graph(images):
+def test_blocks_before_the_explained_layer_build_no_graph(pixels):
     """open_clip's batch-first MultiheadAttention would take PyTorch's fused kernel without
     autograd; the fast path is switched off during the explained forward (and restored, also on
     error), so the blocks before the explained one run without a graph and the score stays the
@@ -311,13 +285,13 @@ def test_blocks_before_the_explained_layer_build_no_graph(images):
     outs, h = record_outputs(sim)
     handles.append(h)
     try:
-        ImageGradECLIP(sim, blocks[1]).attribute(images, target=0)
+        ImageGradECLIP(sim, blocks[1]).attribute(pixels, target=0)
         assert seen == {0: (False, False), 1: (True, True)}
         with pytest.raises(IndexError):
-            ImageGradECLIP(sim, blocks[1]).attribute(images, target=9)
+            ImageGradECLIP(sim, blocks[1]).attribute(pixels, target=9)
     finally:
         for h in handles:
             h.remove()
     assert torch.backends.mha.get_fastpath_enabled()
     with torch.enable_grad():
-        assert torch.equal(outs[0], sim(images))
+        assert torch.equal(outs[0], sim(pixels))

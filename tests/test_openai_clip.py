@@ -15,8 +15,9 @@ with warnings.catch_warnings():
     clip = pytest.importorskip("clip")
 
 from conftest import hook_count  # noqa: E402
+from openai_layout import tokens  # noqa: E402
 from references import (  # noqa: E402
-    attnpool_reference,
+    check_attnpool,
     model_state,
     record_outputs,
     text_reference,
@@ -40,37 +41,27 @@ def tiny(vision: str = "vit"):
                 transformer_layers=3, **cfg).eval()
 
 
-def tokens():
-    return torch.tensor([[48, 5, 6, 49, 0, 0, 0, 0], [48, 7, 8, 9, 10, 49, 0, 0], [48, 3, 49, 0, 0, 0, 0, 0]])
-
-
-@pytest.fixture
-def images():
-    torch.manual_seed(1)
-    return torch.randn(2, 3, 32, 32)
-
-
 @pytest.mark.parametrize("single_head", [False, True])
-def test_vit_matches_published_recipe(single_head, images):
+def test_vit_matches_published_recipe(single_head, pixels):
     model = tiny()
     block = model.visual.transformer.resblocks[-1]
     adapter = find_adapter(block)
     assert isinstance(adapter, MultiheadAttentionAdapter) and adapter.seq_first and adapter.num_heads == 2
     sim = EncoderImageTextSimilarity(model, tokens())
     outs, h = record_outputs(sim)
-    got = ImageGradECLIP(sim, block, single_head=single_head).attribute(images, target=1)
+    got = ImageGradECLIP(sim, block, single_head=single_head).attribute(pixels, target=1)
     h.remove()
-    ref, _ = vit_reference(model, images, sim.text_embeds, 1, single_head)
+    ref, _ = vit_reference(model, pixels, sim.text_embeds, 1, single_head)
     assert got.shape == (2, 1, 4, 4) and got.abs().max() > 0
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
     with torch.enable_grad():
-        assert torch.equal(outs[0], sim(images)) != single_head  # own score unless reproducing
+        assert torch.equal(outs[0], sim(pixels)) != single_head  # own score unless reproducing
     assert hook_count(model) == 0
 
 
-def test_text_tower_and_tokenizer(images):
+def test_text_tower_and_tokenizer(pixels):
     model = tiny()
-    tsim = EncoderTextImageSimilarity(model, images)
+    tsim = EncoderTextImageSimilarity(model, pixels)
     layers = list(model.transformer.resblocks)
     got = TextGradECLIP(tsim, layers, spatial="attention").attribute(tokens(), target=0, relu_attributions=False)
     ref = text_reference(model, tokens(), tsim.image_embeds, 0, layers, model.build_attention_mask())
@@ -82,42 +73,27 @@ def test_text_tower_and_tokenizer(images):
 
 @pytest.mark.parametrize("single_head", [False, True])
 def test_resnet_attention_pool_matches_reference(single_head):
-    model = tiny("resnet")
-    torch.manual_seed(2)
-    x = torch.randn(2, 3, 64, 64)
-    sim = EncoderImageTextSimilarity(model, tokens())
-    feats = []
-    h = model.visual.attnpool.register_forward_pre_hook(lambda m, a: feats.append(a[0].detach()))
-    model.visual(x)
-    h.remove()
-    outs, h = record_outputs(sim)
-    got = ImageGradECLIP(sim, model.visual.attnpool, single_head=single_head).attribute(x, target=2)
-    h.remove()
-    ref = attnpool_reference(model.visual.attnpool, feats[0], sim.text_embeds, 2, single_head)
-    assert got.shape == (2, 1, 2, 2)
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
-    with torch.enable_grad():
-        assert torch.equal(outs[0], sim(x)) != single_head
-    assert hook_count(model) == 0
+    sim = check_attnpool(tiny("resnet"), EncoderImageTextSimilarity, tokens(), 2, single_head)
+    assert sim.patch_size is None and sim.image_pool == "attnpool"
 
 
-def test_no_side_effects_and_errors(images):
+def test_no_side_effects_and_errors(pixels):
     model = tiny().train()
     for p in model.visual.conv1.parameters():
         p.requires_grad_(False)
     before = model_state(model)
     sim = EncoderImageTextSimilarity(model, tokens())
-    ImageGradECLIP(sim, model.visual.transformer.resblocks[-1]).attribute_all(images)
-    TextGradECLIP(EncoderTextImageSimilarity(model, images), list(model.transformer.resblocks)).attribute(
+    ImageGradECLIP(sim, model.visual.transformer.resblocks[-1]).attribute_all(pixels)
+    TextGradECLIP(EncoderTextImageSimilarity(model, pixels), list(model.transformer.resblocks)).attribute(
         tokens(), target=0)
     with pytest.raises(IndexError):
-        ImageGradECLIP(sim, model.visual.transformer.resblocks[-1]).attribute(images, target=[0, 5])
+        ImageGradECLIP(sim, model.visual.transformer.resblocks[-1]).attribute(pixels, target=[0, 5])
     with pytest.raises(TypeError, match=r"no supported attention found in Sequential \(children: c_fc"):
         ImageGradECLIP(sim, model.visual.transformer.resblocks[-1].mlp)
     assert model_state(model) == before
 
 
-def test_blocks_before_the_explained_layer_build_no_graph(images):
+def test_blocks_before_the_explained_layer_build_no_graph(pixels):
     """Sequence-first MultiheadAttention has no no-grad fast path, so the blocks before the
     explained one run without autograd (as on the Hugging Face path)."""
     model = tiny()
@@ -127,7 +103,7 @@ def test_blocks_before_the_explained_layer_build_no_graph(images):
     handles = [blocks[i].register_forward_hook(
         lambda m, a, out, i=i: seen.__setitem__(i, (torch.is_grad_enabled(), out.requires_grad))) for i in (0, 1)]
     try:
-        ImageGradECLIP(sim, blocks[1]).attribute(images, target=0)
+        ImageGradECLIP(sim, blocks[1]).attribute(pixels, target=0)
     finally:
         for h in handles:
             h.remove()
