@@ -82,3 +82,17 @@ def test_openai_errors(pixels):
     with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
         ImageGradECLIP(sim, model.visual.transformer.resblocks[-1]).attribute(torch.randn(1, 3, 33, 32), target=0)
     assert hook_count(model) == 0
+
+
+def test_core_never_imports_open_clip_or_clip():
+    """open_clip is an optional extra: importing the package (all of it but the CLI's
+    --open-clip path) loads neither open_clip, OpenAI's clip nor torchvision, where they are
+    installed too (CI's extras environment)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, captum_gradeclip, captum_gradeclip.openai, captum_gradeclip.adapters, "
+            "captum_gradeclip.baselines, captum_gradeclip.metrics, captum_gradeclip.cli; "
+            "print(sorted(m for m in ('open_clip', 'clip', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
