@@ -7,6 +7,10 @@ with it, and the encoder similarity modules cache embeddings without autograd: w
 off, every block computes exactly what it computes with autograd on, so the explained score is
 the model's own (as Captum's gradient methods see it), bit for bit, without building a graph for
 the blocks before the explained layer.
+
+The switch (``torch.backends.mha.set_fastpath_enabled``) is process-wide: another thread running
+``nn.MultiheadAttention`` inference at the same moment also runs the regular kernels (same
+results up to the last bits, somewhat slower) until the explained forward returns.
 """
 
 from __future__ import annotations
