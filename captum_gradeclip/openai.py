@@ -53,6 +53,14 @@ def _text_pool(model: nn.Module) -> Tuple[str, Optional[int]]:
     return str(pool), eos
 
 
+def _logits(model: nn.Module, img: Tensor, txt: Tensor) -> Tensor:
+    """``(N, T)`` logits as open_clip's ``get_logits`` computes them (a SigLIP-style
+    ``logit_bias`` added where the model has one)."""
+    out = model.logit_scale.exp() * img @ txt.t()
+    bias = getattr(model, "logit_bias", None)
+    return out + bias if bias is not None else out
+
+
 def _check(model: nn.Module) -> None:
     for name in ("encode_image", "encode_text"):
         if not callable(getattr(model, name, None)):
@@ -67,7 +75,8 @@ class EncoderImageTextSimilarity(nn.Module):
         model: an OpenAI CLIP or open_clip model (``encode_image``, ``encode_text``).
         text_tokens: ``(T, L)`` token ids from the package's tokenizer.
         text_embeds: ``(T, E)`` precomputed text embeddings instead.
-        logits: multiply by ``model.logit_scale.exp()``.
+        logits: multiply by ``model.logit_scale.exp()`` (and add ``model.logit_bias`` where the
+            model has one, as open_clip's SigLIP-style models do).
 
     The output equals the package's own ``logit_scale * image_features @ text_features.T`` (or
     the cosine), bit for bit, when the model runs with autograd on (as Captum's methods and the
@@ -106,7 +115,7 @@ class EncoderImageTextSimilarity(nn.Module):
         img = F.normalize(self.model.encode_image(images), dim=-1)
         txt = self.text_embeds.to(img.dtype)
         # the packages' own expression and order: logit_scale * image_features @ text_features.T
-        return self.model.logit_scale.exp() * img @ txt.t() if self.logits else img @ txt.t()
+        return _logits(self.model, img, txt) if self.logits else img @ txt.t()
 
 
 class EncoderTextImageSimilarity(nn.Module):
@@ -163,4 +172,4 @@ class EncoderTextImageSimilarity(nn.Module):
         txt = F.normalize(self.model.encode_text(text_tokens), dim=-1)
         img = self.image_embeds.to(txt.dtype)
         # as the packages compute logits_per_text: the image-by-text product, transposed
-        return (self.model.logit_scale.exp() * img @ txt.t() if self.logits else img @ txt.t()).t()
+        return (_logits(self.model, img, txt) if self.logits else img @ txt.t()).t()

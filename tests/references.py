@@ -168,3 +168,49 @@ def model_state(model):
             {n: m.training for n, m in model.named_modules()},
             hook_count(model),
             [n for n, p in model.named_parameters() if p.grad is not None])
+
+
+def hf_clip_to_open_clip(hf):
+    """The same network in open_clip's layout: a Hugging Face ``CLIPModel`` (ViT, quick_gelu)
+    copied weight by weight into ``open_clip.model.CLIP`` (q/k/v stacked into ``in_proj_weight``,
+    linear projections transposed). Strict load: nothing left over, nothing missing."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    vc, tc = hf.config.vision_config, hf.config.text_config
+    vcfg = CLIPVisionCfg(layers=vc.num_hidden_layers, width=vc.hidden_size,
+                         head_width=vc.hidden_size // vc.num_attention_heads,
+                         mlp_ratio=vc.intermediate_size / vc.hidden_size, patch_size=vc.patch_size,
+                         image_size=vc.image_size)
+    tcfg = CLIPTextCfg(context_length=tc.max_position_embeddings, vocab_size=tc.vocab_size, width=tc.hidden_size,
+                       heads=tc.num_attention_heads, layers=tc.num_hidden_layers,
+                       mlp_ratio=tc.intermediate_size / tc.hidden_size)
+    oc = CLIP(embed_dim=hf.config.projection_dim, vision_cfg=vcfg, text_cfg=tcfg, quick_gelu=True)
+    h = hf.state_dict()
+    sd = {}
+
+    def blocks(src: str, dst: str, n: int) -> None:
+        for i in range(n):
+            s, d = f"{src}.encoder.layers.{i}.", f"{dst}.resblocks.{i}."
+            for a, b in (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"),
+                         ("mlp.fc2", "mlp.c_proj"), ("self_attn.out_proj", "attn.out_proj")):
+                sd[d + b + ".weight"], sd[d + b + ".bias"] = h[s + a + ".weight"], h[s + a + ".bias"]
+            sd[d + "attn.in_proj_weight"] = torch.cat([h[s + f"self_attn.{p}_proj.weight"] for p in "qkv"])
+            sd[d + "attn.in_proj_bias"] = torch.cat([h[s + f"self_attn.{p}_proj.bias"] for p in "qkv"])
+
+    v = "vision_model."
+    sd["visual.conv1.weight"] = h[v + "embeddings.patch_embedding.weight"]
+    sd["visual.class_embedding"] = h[v + "embeddings.class_embedding"]
+    sd["visual.positional_embedding"] = h[v + "embeddings.position_embedding.weight"]
+    for a, b in (("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post")):
+        sd[f"visual.{b}.weight"], sd[f"visual.{b}.bias"] = h[v + a + ".weight"], h[v + a + ".bias"]
+    sd["visual.proj"] = h["visual_projection.weight"].t()
+    blocks("vision_model", "visual.transformer", vc.num_hidden_layers)
+    t = "text_model."
+    sd["token_embedding.weight"] = h[t + "embeddings.token_embedding.weight"]
+    sd["positional_embedding"] = h[t + "embeddings.position_embedding.weight"]
+    sd["ln_final.weight"], sd["ln_final.bias"] = h[t + "final_layer_norm.weight"], h[t + "final_layer_norm.bias"]
+    sd["text_projection"] = h["text_projection.weight"].t()
+    blocks("text_model", "transformer", tc.num_hidden_layers)
+    sd["logit_scale"] = h["logit_scale"]
+    oc.load_state_dict({k: x.clone() for k, x in sd.items()}, strict=True)
+    return oc.eval()

@@ -295,3 +295,60 @@ def test_blocks_before_the_explained_layer_build_no_graph(pixels):
     assert torch.backends.mha.get_fastpath_enabled()
     with torch.enable_grad():
         assert torch.equal(outs[0], sim(pixels))
+
+
+def test_trained_shapes_clip_gives_the_same_maps_in_open_clip_layout():
+    """The shipped ShapesCLIP (trained, Hugging Face layout) copied into open_clip's layout is the
+    same network: scores and Grad-ECLIP maps through the nn.MultiheadAttention adapter equal those
+    through the Hugging Face q/k/v/out_proj adapter, on a trained model whose maps mean something."""
+    from references import hf_clip_to_open_clip
+
+    from captum_gradeclip import ImageTextSimilarity, TextImageSimilarity
+    from captum_gradeclip.shapes import load_shapes_clip, render_scene
+
+    hf, processor = load_shapes_clip()
+    oc = hf_clip_to_open_clip(hf)
+    scene = render_scene(seed=5, n_objects=3)
+    texts = scene.prompts + [scene.caption()]
+    inputs = processor(text=texts, images=[scene.image], return_tensors="pt", padding=True)
+    ids, mask, pixels = inputs.input_ids, inputs.attention_mask, inputs.pixel_values
+    length = ids.shape[1]
+    oc_ids = torch.full((len(texts), oc.context_length), hf.config.text_config.pad_token_id, dtype=torch.long)
+    oc_ids[:, :length] = torch.where(mask.bool(), ids, hf.config.text_config.pad_token_id)
+    sim_hf = ImageTextSimilarity(hf, input_ids=ids, attention_mask=mask)
+    sim_oc = EncoderImageTextSimilarity(oc, oc_ids)
+    with torch.no_grad():
+        torch.testing.assert_close(sim_oc(pixels), sim_hf(pixels), rtol=1e-4, atol=1e-5)
+    assert isinstance(find_adapter(oc.visual.transformer.resblocks[-1]), MultiheadAttentionAdapter)
+    for spatial in ("cosine", "attention"):
+        a_hf = ImageGradECLIP(sim_hf, hf.vision_model.encoder.layers[-1], spatial=spatial).attribute_all(pixels)
+        a_oc = ImageGradECLIP(sim_oc, oc.visual.transformer.resblocks[-1], spatial=spatial).attribute_all(pixels)
+        assert a_hf.shape == a_oc.shape == (1, len(texts), 8, 8) and a_hf.amax() > 0
+        torch.testing.assert_close(a_oc, a_hf, rtol=1e-3, atol=1e-4 * float(a_hf.abs().max()))
+    w_hf = TextGradECLIP(TextImageSimilarity(hf, pixel_values=pixels), list(hf.text_model.encoder.layers)).attribute(
+        ids, target=0, additional_forward_args=(mask,))
+    w_oc = TextGradECLIP(EncoderTextImageSimilarity(oc, pixels), list(oc.transformer.resblocks)).attribute(
+        oc_ids, target=0)
+    assert w_hf.amax() > 0 and w_oc[:, length:].eq(0).all()
+    torch.testing.assert_close(w_oc[:, :length], w_hf, rtol=1e-3, atol=1e-4 * float(w_hf.abs().max()))
+
+
+def test_logit_bias_is_part_of_the_logits(pixels):
+    """SigLIP-style open_clip models add a logit bias: logits=True includes it (the map is
+    unchanged: a constant has no gradient)."""
+    from open_clip.model import CLIP
+
+    plain = tiny()
+    biased = CLIP(embed_dim=16, vision_cfg=dict(layers=2, width=32, head_width=8, patch_size=8, image_size=32),
+                  text_cfg=dict(context_length=8, vocab_size=50, width=32, heads=4, layers=3),
+                  init_logit_bias=-3.0).eval()
+    missing, unexpected = biased.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["logit_bias"] and not unexpected
+    with torch.enable_grad():
+        img, txt, scale, bias = biased(pixels, tokens())
+        own = scale * img @ txt.t() + bias
+        sim = EncoderImageTextSimilarity(biased, tokens(), logits=True)
+        assert torch.equal(sim(pixels), own)
+    plain_sim = EncoderImageTextSimilarity(plain, tokens(), logits=True)
+    torch.testing.assert_close(ImageGradECLIP(sim, biased.visual.transformer.resblocks[-1]).attribute_all(pixels),
+                               ImageGradECLIP(plain_sim, plain.visual.transformer.resblocks[-1]).attribute_all(pixels))
