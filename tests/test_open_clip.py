@@ -297,10 +297,11 @@ def test_blocks_before_the_explained_layer_build_no_graph(pixels):
         assert torch.equal(outs[0], sim(pixels))
 
 
-def test_trained_shapes_clip_gives_the_same_maps_in_open_clip_layout():
-    """The shipped ShapesCLIP (trained, Hugging Face layout) copied into open_clip's layout is the
-    same network: scores and Grad-ECLIP maps through the nn.MultiheadAttention adapter equal those
-    through the Hugging Face q/k/v/out_proj adapter, on a trained model whose maps mean something."""
+@pytest.fixture(scope="module")
+def shapes_pair():
+    """The shipped ShapesCLIP and the same weights in open_clip's layout, with one scene's inputs
+    for both (open_clip pads to its context length with the pad id, 573, which is also EOS: the
+    argmax pools at the first one, as Hugging Face does)."""
     from references import hf_clip_to_open_clip
 
     from captum_gradeclip import ImageTextSimilarity, TextImageSimilarity
@@ -312,25 +313,89 @@ def test_trained_shapes_clip_gives_the_same_maps_in_open_clip_layout():
     texts = scene.prompts + [scene.caption()]
     inputs = processor(text=texts, images=[scene.image], return_tensors="pt", padding=True)
     ids, mask, pixels = inputs.input_ids, inputs.attention_mask, inputs.pixel_values
-    length = ids.shape[1]
-    oc_ids = torch.full((len(texts), oc.context_length), hf.config.text_config.pad_token_id, dtype=torch.long)
-    oc_ids[:, :length] = torch.where(mask.bool(), ids, hf.config.text_config.pad_token_id)
-    sim_hf = ImageTextSimilarity(hf, input_ids=ids, attention_mask=mask)
-    sim_oc = EncoderImageTextSimilarity(oc, oc_ids)
+    pad = hf.config.text_config.pad_token_id
+    oc_ids = torch.full((len(texts), oc.context_length), pad, dtype=torch.long)
+    oc_ids[:, :ids.shape[1]] = torch.where(mask.bool(), ids, pad)
+    return dict(hf=hf, oc=oc, ids=ids, mask=mask, pixels=pixels, oc_ids=oc_ids, texts=texts,
+                sim_hf=ImageTextSimilarity(hf, input_ids=ids, attention_mask=mask),
+                sim_oc=EncoderImageTextSimilarity(oc, oc_ids),
+                tsim_hf=TextImageSimilarity(hf, pixel_values=pixels), tsim_oc=EncoderTextImageSimilarity(oc, pixels))
+
+
+def _close_to(got, want):
+    assert want.abs().amax() > 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_trained_shapes_clip_gives_the_same_maps_in_open_clip_layout(shapes_pair):
+    """The shipped ShapesCLIP (trained, Hugging Face layout) copied into open_clip's layout is the
+    same network: scores and Grad-ECLIP maps through the nn.MultiheadAttention adapter equal those
+    through the Hugging Face q/k/v/out_proj adapter, on a trained model whose maps mean something."""
+    p = shapes_pair
+    hf, oc, pixels, length = p["hf"], p["oc"], p["pixels"], p["ids"].shape[1]
     with torch.no_grad():
-        torch.testing.assert_close(sim_oc(pixels), sim_hf(pixels), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p["sim_oc"](pixels), p["sim_hf"](pixels), rtol=1e-5, atol=1e-6)
     assert isinstance(find_adapter(oc.visual.transformer.resblocks[-1]), MultiheadAttentionAdapter)
     for spatial in ("cosine", "attention"):
-        a_hf = ImageGradECLIP(sim_hf, hf.vision_model.encoder.layers[-1], spatial=spatial).attribute_all(pixels)
-        a_oc = ImageGradECLIP(sim_oc, oc.visual.transformer.resblocks[-1], spatial=spatial).attribute_all(pixels)
-        assert a_hf.shape == a_oc.shape == (1, len(texts), 8, 8) and a_hf.amax() > 0
-        torch.testing.assert_close(a_oc, a_hf, rtol=1e-4, atol=1e-5 * float(a_hf.abs().max()))
-    w_hf = TextGradECLIP(TextImageSimilarity(hf, pixel_values=pixels), list(hf.text_model.encoder.layers)).attribute(
-        ids, target=0, additional_forward_args=(mask,))
-    w_oc = TextGradECLIP(EncoderTextImageSimilarity(oc, pixels), list(oc.transformer.resblocks)).attribute(
-        oc_ids, target=0)
-    assert w_hf.amax() > 0 and w_oc[:, length:].eq(0).all()
-    torch.testing.assert_close(w_oc[:, :length], w_hf, rtol=1e-4, atol=1e-5 * float(w_hf.abs().max()))
+        a_hf = ImageGradECLIP(p["sim_hf"], hf.vision_model.encoder.layers[-1], spatial=spatial).attribute_all(pixels)
+        a_oc = ImageGradECLIP(p["sim_oc"], oc.visual.transformer.resblocks[-1], spatial=spatial).attribute_all(pixels)
+        assert a_hf.shape == a_oc.shape == (1, len(p["texts"]), 8, 8)
+        _close_to(a_oc, a_hf)
+    w_hf = TextGradECLIP(p["tsim_hf"], list(hf.text_model.encoder.layers)).attribute(
+        p["ids"], target=0, additional_forward_args=(p["mask"],))
+    w_oc = TextGradECLIP(p["tsim_oc"], list(oc.transformer.resblocks)).attribute(p["oc_ids"], target=0)
+    assert w_oc[:, length:].eq(0).all()
+    _close_to(w_oc[:, :length], w_hf)
+
+
+@pytest.mark.parametrize("name", ["CLSAttention", "AttentionRollout", "TokenGradCAM", "GAME", "MaskCLIP"])
+def test_baselines_agree_across_layouts(name, shapes_pair):
+    """The adapter-based baselines read the same q, k, v and o through either adapter."""
+    from captum_gradeclip import baselines
+
+    p = shapes_pair
+    cls = getattr(baselines, name)
+    multi = name in ("AttentionRollout", "GAME")
+    hf_layers = list(p["hf"].vision_model.encoder.layers)
+    oc_layers = list(p["oc"].visual.transformer.resblocks)
+    a_hf = cls(p["sim_hf"], hf_layers if multi else hf_layers[-1]).attribute_all(p["pixels"])
+    a_oc = cls(p["sim_oc"], oc_layers if multi else oc_layers[-1]).attribute_all(p["pixels"])
+    _close_to(a_oc, a_hf)
+
+
+@pytest.mark.parametrize("name", ["TextAttention", "TextRollout", "TextGAME"])
+def test_text_baselines_agree_across_layouts(name, shapes_pair):
+    from captum_gradeclip import baselines
+
+    p = shapes_pair
+    cls = getattr(baselines, name)
+    layers_hf, layers_oc = list(p["hf"].text_model.encoder.layers), list(p["oc"].transformer.resblocks)
+    w_hf = cls(p["tsim_hf"], layers_hf).attribute(p["ids"], target=0, additional_forward_args=(p["mask"],))
+    w_oc = cls(p["tsim_oc"], layers_oc).attribute(p["oc_ids"], target=0)
+    _close_to(w_oc[:, :p["ids"].shape[1]], w_hf)
+
+
+def test_baselines_on_a_resnet_tower(pixels):
+    from captum_gradeclip import baselines
+
+    model = tiny("resnet")
+    x = torch.randn(1, 3, 64, 64)
+    sim = EncoderImageTextSimilarity(model, tokens())
+    pool = model.visual.attnpool
+    for cls in (baselines.CLSAttention, baselines.GAME, baselines.MaskCLIP):
+        a = cls(sim, pool).attribute(x, target=0)
+        assert a.shape == (1, 1, 2, 2) and torch.isfinite(a).all() and a.abs().sum() > 0
+    with torch.no_grad():  # MaskCLIP on an attention pool: each position's value through c_proj
+        feats = []
+        h = pool.register_forward_pre_hook(lambda m, a: feats.append(a[0]))
+        model.visual(x)
+        h.remove()
+        t = feats[0].flatten(2).transpose(1, 2) + pool.positional_embedding[1:]
+        y = torch.nn.functional.normalize(pool.c_proj(pool.v_proj(t)), dim=-1)
+        ref = (y @ sim.text_embeds[0]).view(1, 1, 2, 2)
+    torch.testing.assert_close(baselines.MaskCLIP(sim, pool).attribute(x, target=0), ref, rtol=1e-4, atol=1e-6)
+    with pytest.raises(TypeError, match="TokenGradCAM needs a transformer block"):
+        baselines.TokenGradCAM(sim, pool).attribute(x, target=0)
 
 
 def test_logit_bias_is_part_of_the_logits(pixels):

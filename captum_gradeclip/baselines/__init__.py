@@ -121,6 +121,10 @@ class TokenGradCAM(ImageGradECLIP):
     _fast_grad = False
 
     def _sources(self, capture):
+        if "input" not in capture.extra:
+            raise TypeError("TokenGradCAM needs a transformer block (its attention reads token inputs); "
+                            "for a ResNet tower use Captum's LayerGradCam on the last stage (e.g. "
+                            "model.visual.layer4)")
         return [capture.extra["input"]]
 
     def _combine(self, layers, *, relu, targets, n_targets):
@@ -135,24 +139,44 @@ class TokenGradCAM(ImageGradECLIP):
         return m.clamp_min(0) if relu else m
 
 
+def _value_head(model: Any, attn: Any):
+    """MaskCLIP's head: ``values (B, L, D) -> embeddings (B, L, E)``, the way the pooled token
+    reaches the embedding: ``out_proj``, post-LayerNorm and projection of a ViT (Hugging Face:
+    ``post_layernorm`` / ``visual_projection``; OpenAI CLIP and open_clip: ``ln_post`` / ``proj``),
+    or ``c_proj`` of a ResNet attention pool."""
+    if hasattr(attn, "c_proj") and not hasattr(attn, "out_proj"):
+        return lambda v: attn.c_proj(v)
+    visual = getattr(model, "visual", None)
+    if hasattr(model, "vision_model") and hasattr(model, "visual_projection"):
+        post, proj = model.vision_model.post_layernorm, model.visual_projection
+    elif visual is not None and hasattr(visual, "ln_post"):
+        post = visual.ln_post
+        proj = (lambda y: y) if getattr(visual, "proj", None) is None else (lambda y: y @ visual.proj)
+    else:
+        raise TypeError(f"MaskCLIP does not know how {type(model).__name__}'s image tower maps tokens to "
+                        "the embedding (expected a Hugging Face CLIP, an OpenAI CLIP / open_clip ViT or "
+                        "a ResNet attention pool)")
+    return lambda v: proj(post(F.linear(v, attn.out_proj.weight, attn.out_proj.bias)))
+
+
 class MaskCLIP(_NoGrad, ImageGradECLIP):
     """MaskCLIP (Zhou et al., ECCV 2022): each patch's value vector of ``layer`` (the last block)
-    through ``out_proj``, the post-LayerNorm and the projection, scored (cosine) against the
-    target text's embedding. Needs an :class:`~captum_gradeclip.ImageTextSimilarity` forward
-    function on a Hugging Face CLIP. ``(N, 1, h, w)``."""
+    through ``out_proj``, the post-LayerNorm and the projection (a ResNet attention pool: through
+    ``c_proj``), scored (cosine) against the target text's embedding. Needs a similarity forward
+    function with ``.model`` and ``.text_embeds`` (:class:`~captum_gradeclip.ImageTextSimilarity`
+    or :class:`~captum_gradeclip.openai.EncoderImageTextSimilarity`). ``(N, 1, h, w)``."""
 
     def _combine(self, layers, *, relu, targets, n_targets):
         sim = self.forward_func
         model = getattr(sim, "model", None)
         if model is None or not hasattr(sim, "text_embeds"):
-            raise TypeError("MaskCLIP needs an ImageTextSimilarity forward function (with .model and .text_embeds)")
+            raise TypeError("MaskCLIP needs an ImageTextSimilarity or EncoderImageTextSimilarity forward "
+                            "function (with .model and .text_embeds)")
         layer = layers[-1]
-        attn = self._adapters[-1].module
+        head = _value_head(model, self._adapters[-1].module)
         with torch.no_grad():
             v = layer.capture.value.detach()
-            y = F.linear(v, attn.out_proj.weight, attn.out_proj.bias)
-            y = model.visual_projection(model.vision_model.post_layernorm(y))
-            y = F.normalize(y.float(), dim=-1)  # (B, L, E)
+            y = F.normalize(head(v).float(), dim=-1)  # (B, L, E)
             text = sim.text_embeds.float()  # (T, E), normalised
             if torch.is_tensor(targets) and targets.numel() > 1 and n_targets > 1:
                 m = torch.einsum("ble,te->tbl", y, text[targets])
