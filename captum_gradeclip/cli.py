@@ -12,14 +12,17 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
 
 
 class CLIError(Exception):
     """A user error: printed without a traceback, exit status 2."""
 
 
-def load_model(name: Optional[str]):
+def load_model(name: Optional[str]) -> Tuple[Any, Any]:
     """``(model, processor)``: the shipped ShapesCLIP for ``None``, else ``from_pretrained(name)``."""
     from .shapes import load_shapes_clip
 
@@ -38,7 +41,7 @@ def load_model(name: Optional[str]):
     return model.eval(), processor
 
 
-def load_open_clip(spec: str):
+def load_open_clip(spec: str) -> Tuple[Any, Callable[..., Any], Callable[..., Any]]:
     """``"ARCH"`` or ``"ARCH:PRETRAINED"`` -> ``(model, preprocess, tokenizer)`` from open_clip
     (no pretrained tag: random weights, for trying things offline)."""
     try:
@@ -59,7 +62,7 @@ def load_open_clip(spec: str):
     return model.eval(), preprocess, tokenizer
 
 
-def open_image(path: str):
+def open_image(path: str) -> "Image.Image":
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
@@ -72,7 +75,8 @@ def open_image(path: str):
         raise CLIError(f"cannot read {path} as an image ({e.__class__.__name__}); give a PNG, JPEG, ...") from None
 
 
-def explain(model, processor, image, texts: Sequence[str], caption: Optional[str] = None) -> dict:
+def explain(model: Any, processor: Any, image: "Image.Image", texts: Sequence[str],
+            caption: Optional[str] = None) -> dict:
     """Grad-ECLIP image maps for each text and word importances for each text (and ``caption``).
 
     Returns:
@@ -107,9 +111,18 @@ def explain(model, processor, image, texts: Sequence[str], caption: Optional[str
     return dict(maps=maps, scores=scores, text_rows=rows)
 
 
-def explain_open_clip(model, preprocess, tokenizer, image, texts: Sequence[str]) -> dict:
+def explain_open_clip(model: Any, preprocess: Callable[..., Any], tokenizer: Callable[..., Any],
+                      image: "Image.Image", texts: Sequence[str]) -> dict:
     """:func:`explain` for an open_clip (or OpenAI ``clip``) model: ViT towers at their last
-    block, ResNet towers at their attention pool; text at the last 8 blocks."""
+    block, ResNet towers at their attention pool; text at the last 8 blocks.
+
+    Returns:
+        dict with ``maps`` ``(T, h, w)`` (the patch grid, or the attention pool's grid),
+        ``scores`` ``(T,)`` and ``text_rows`` ``[(title, words, attributions (L_t,))]``.
+
+    Raises:
+        CLIError: a tower this command does not know (timm or Hugging Face towers in open_clip).
+    """
     import torch
 
     from . import ImageGradECLIP, TextGradECLIP
