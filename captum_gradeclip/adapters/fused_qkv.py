@@ -15,7 +15,7 @@ scales belong to the model's heads and are left out there.
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,13 @@ def _is_identity(m) -> bool:
 
 
 class FusedQKVSelfAttentionAdapter(AttentionAdapter):
+    """Batch-first ``(B, L, D)`` self-attention called as ``attn(x, attn_mask=None)`` with
+    ``in_proj_weight (3D, D)`` and an ``out_proj`` module (see the module docstring).
+
+    Raises:
+        NotImplementedError: on construction, for scaled cosine attention or an inner LayerNorm.
+    """
+
     name = "fused in_proj_weight + out_proj self-attention with one input (open_clip Attention)"
 
     @classmethod
@@ -72,7 +79,7 @@ class FusedQKVSelfAttentionAdapter(AttentionAdapter):
         return norm(x.view(b, n, self.num_heads, d // self.num_heads)).reshape(b, n, d)
 
     @staticmethod
-    def _mask(args: tuple, kwargs: dict, x: Tensor, dtype: torch.dtype):
+    def _mask(args: tuple, kwargs: dict, x: Tensor, dtype: torch.dtype) -> Optional[Tensor]:
         """The call's ``attn_mask`` ((L, L) or (B * H, L, L), bool True = blocked, or additive)
         as one additive ``(B or 1, 1, L, L)`` mask."""
         mask = kwargs.get("attn_mask", args[1] if len(args) > 1 else None)
