@@ -25,6 +25,20 @@ import torch
 # ---- the methods ---------------------------------------------------------------------------
 
 
+def _image_tower(model) -> tuple:
+    """``(attention layers, layer for Captum's LayerGradCam, its name, occlusion window)`` of a
+    Hugging Face CLIP, or of an OpenAI CLIP / open_clip ViT or ResNet."""
+    if hasattr(model, "vision_model"):
+        p = model.config.vision_config.patch_size
+        return list(model.vision_model.encoder.layers), model.vision_model.embeddings.patch_embedding, \
+            "patch embedding", p
+    visual = model.visual
+    if hasattr(visual, "attnpool"):  # ResNet: the attention pool; Grad-CAM on the last stage
+        return [visual.attnpool], visual.layer4, "layer4", 32
+    k = visual.conv1.kernel_size
+    return list(visual.transformer.resblocks), visual.conv1, "patch embedding", k[0] if isinstance(k, tuple) else k
+
+
 def image_methods(model, sim) -> Dict[str, Callable]:
     """name -> ``explain(pixels (N, 3, H, W), target (N,)) -> (N, 1, h, w)``-like maps."""
     from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
@@ -32,9 +46,9 @@ def image_methods(model, sim) -> Dict[str, Callable]:
     from . import ImageGradECLIP
     from .baselines import GAME, RISE, AttentionRollout, CLSAttention, MaskCLIP, TokenGradCAM
 
-    layers = list(model.vision_model.encoder.layers)
+    layers, gradcam_layer, gradcam_name, p = _image_tower(model)
     last = layers[-1]
-    p = model.config.vision_config.patch_size
+    resnet = hasattr(last, "c_proj") and not hasattr(last, "out_proj")
 
     def ge(**kw):
         g = ImageGradECLIP(sim, last, **kw)
@@ -46,9 +60,9 @@ def image_methods(model, sim) -> Dict[str, Callable]:
 
     ig = IntegratedGradients(sim)
     occ = Occlusion(sim)
-    lgc = LayerGradCam(sim, model.vision_model.embeddings.patch_embedding)
+    lgc = LayerGradCam(sim, gradcam_layer)
     rise = RISE(sim, n_masks=500, grid=8, batch_size=250)
-    return {
+    methods = {
         "Grad-ECLIP (cosine, default)": ge(),
         "Grad-ECLIP (cosine_per_head)": ge(spatial="cosine_per_head"),
         "Grad-ECLIP (attention)": ge(spatial="attention"),
@@ -60,12 +74,15 @@ def image_methods(model, sim) -> Dict[str, Callable]:
         "GAME (Chefer et al.)": cls(GAME, layers),
         "MaskCLIP": cls(MaskCLIP, last),
         "RISE (500 masks)": lambda x, t: rise.attribute(x, target=t),
-        "Captum LayerGradCam (patch embedding)": lambda x, t: lgc.attribute(x, target=t, relu_attributions=True),
+        f"Captum LayerGradCam ({gradcam_name})": lambda x, t: lgc.attribute(x, target=t, relu_attributions=True),
         "Captum IntegratedGradients (50 steps, |.| summed)": lambda x, t: ig.attribute(
             x, target=t, n_steps=50, internal_batch_size=50).abs().sum(1, keepdim=True),
         "Captum Occlusion (patch windows)": lambda x, t: occ.attribute(
             x, target=t, sliding_window_shapes=(3, p, p), strides=(3, p // 2, p // 2)).sum(1, keepdim=True),
     }
+    if resnet:  # token Grad-CAM needs token inputs; LayerGradCam on layer4 is the Grad-CAM there
+        del methods["Token Grad-CAM"]
+    return methods
 
 
 def text_methods(model, tsim) -> Dict[str, Callable]:
@@ -231,16 +248,29 @@ def run_folder(args) -> dict:
         files = files[: args.n]
     if not files:
         raise CLIError(f"no images (.png, .jpg, ...) in {folder}")
-    model, processor = load_model(args.model)
-    tok = processor.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
-    sim = ImageTextSimilarity(model, input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+    if args.open_clip:
+        from .cli import load_open_clip
+        from .openai import EncoderImageTextSimilarity
+
+        model, preprocess, tokenizer = load_open_clip(args.open_clip)
+        sim = EncoderImageTextSimilarity(model, tokenizer(prompts))
+
+        def pixels_of(image):
+            return preprocess(image).unsqueeze(0)
+    else:
+        model, processor = load_model(args.model)
+        tok = processor.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+        sim = ImageTextSimilarity(model, input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+
+        def pixels_of(image):
+            return processor(images=[image], return_tensors="pt").pixel_values
     methods = image_methods(model, sim)
     if args.methods:
         methods = {k: v for k, v in methods.items() if any(m.lower() in k.lower() for m in args.methods)}
     acc = {name: {"deletion_auc": [], "insertion_auc": [], "deletion_acc_auc": [], "insertion_acc_auc": [],
                   "seconds": 0.0} for name in methods}
     for f in tqdm(files, desc="images"):
-        px = processor(images=[open_image(str(f))], return_tensors="pt").pixel_values
+        px = pixels_of(open_image(str(f)))
         with torch.no_grad():
             t = sim(px).argmax(1)
         for name, fn in methods.items():
@@ -335,6 +365,10 @@ def cmd_benchmark(args) -> None:
     if args.quick:
         args.n = args.n or 12
     args.n = args.n or 100
+    if args.open_clip and args.model:
+        raise CLIError("give --model (Hugging Face) or --open-clip, not both")
+    if args.open_clip and not args.images:
+        raise CLIError("--open-clip runs the folder benchmark: give --images and --prompts too")
     if args.images or args.prompts:
         if not (args.images and args.prompts):
             raise CLIError("--images and --prompts go together")
@@ -363,6 +397,8 @@ def add_parser(sub) -> None:
     b.add_argument("--batch", type=int, default=16, help="examples explained per call")
     b.add_argument("--examples", type=int, default=1)
     b.add_argument("--model", default=None, help="hub name or folder (default: ShapesCLIP)")
+    b.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]",
+                   help="an open_clip model for the folder benchmark (needs the open_clip extra)")
     b.add_argument("--images", default=None, help="folder of images (faithfulness only)")
     b.add_argument("--prompts", default=None, help="text file, one prompt per line")
     b.add_argument("--out-dir", default="benchmark_out")

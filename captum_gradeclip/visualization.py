@@ -52,13 +52,23 @@ def visualize_image_attr(
         alpha, cmap: the heat map's opacity and colour map.
 
     Returns:
-        ``(figure, axis)`` as Captum returns them.
+        ``(figure, axis)`` as Captum returns them. An all-zero map (which Captum cannot scale)
+        shows the image alone, titled so.
     """
     from captum.attr import visualization as viz
 
     img = _image_array(image)
     heat = upsample(attr, img.shape[:2])[0].permute(1, 2, 0).numpy()
     fig_axis = (ax.figure, ax) if ax is not None else None
+    if not heat.any():  # Captum cannot scale an all-zero map (e.g. a text the image does not match)
+        if ax is None:
+            from matplotlib.figure import Figure
+
+            ax = Figure(figsize=(6, 6)).subplots()
+        ax.imshow(img)
+        ax.set_axis_off()
+        ax.set_title(f"{title} (map is all zero)" if title else "map is all zero")
+        return ax.figure, ax
     sign = "positive" if heat.min() >= 0 else "all"
     return viz.visualize_image_attr(heat, img, method="blended_heat_map", sign=sign, plt_fig_axis=fig_axis,
                                     use_pyplot=False, alpha_overlay=alpha, cmap=cmap, title=title)

@@ -179,3 +179,15 @@ def test_captum_infidelity_and_sensitivity(setup):
     sens = sensitivity_max(lambda x, target: (g.attribute(x, target=target),), pixels, target=1,
                            n_perturb_samples=3)
     assert sens.shape == (2,) and torch.isfinite(sens).all()
+
+
+def test_all_zero_map_is_drawn_not_crashed():
+    """Captum refuses to scale an all-zero map; ours shows the image alone and says so (a text
+    the image does not match at all gives such a map after the ReLU)."""
+    from captum_gradeclip.visualization import visualize_image_attr
+
+    image = torch.rand(3, 16, 16)
+    fig, ax = visualize_image_attr(torch.zeros(1, 1, 4, 4), image, title="a dog")
+    assert ax.get_title() == "a dog (map is all zero)" and fig is ax.figure
+    fig, ax = visualize_image_attr(torch.rand(1, 1, 4, 4), image, title="a dog")
+    assert ax.get_title() == "a dog"

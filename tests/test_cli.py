@@ -100,3 +100,22 @@ def test_speed_benchmark_cell_runs():
     spec.loader.exec_module(speed)
     cell = speed.run_cell(True, "attribute_all", 32, 2, 1)
     assert cell["seconds"] > 0 and cell["peak_mb"] > 0
+
+
+def test_benchmark_folder_mode_with_open_clip(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    render_scene(seed=0).image.save(imgs / "0.png")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--open-clip", "ViT-B-32", "--images", str(imgs), "--prompts", str(prompts),
+                 "--step", "0.25", "--methods", "cosine, default", "GAME", "LayerGradCam", "--out-dir", str(out)]) == 0
+    res = json.loads((out / "benchmark.json").read_text())
+    assert set(res["image"]) == {"Grad-ECLIP (cosine, default)", "GAME (Chefer et al.)",
+                                 "Captum LayerGradCam (patch embedding)"}
+    for r in res["image"].values():
+        assert r["deletion_auc"] == r["deletion_auc"] and r["ms_per_explanation"] > 0
+    assert main(["benchmark", "--open-clip", "ViT-B-32", "--out-dir", str(out)]) == 2
+    assert "give --images and --prompts too" in capsys.readouterr().err
