@@ -32,11 +32,13 @@ def _image_tower(model) -> tuple:
         p = model.config.vision_config.patch_size
         return list(model.vision_model.encoder.layers), model.vision_model.embeddings.patch_embedding, \
             "patch embedding", p
-    visual = model.visual
+    from .openai import image_attention_layers
+
+    visual, layers = model.visual, image_attention_layers(model)
     if hasattr(visual, "attnpool"):  # ResNet: the attention pool; Grad-CAM on the last stage
-        return [visual.attnpool], visual.layer4, "layer4", 32
+        return layers, visual.layer4, "layer4", 32
     k = visual.conv1.kernel_size
-    return list(visual.transformer.resblocks), visual.conv1, "patch embedding", k[0] if isinstance(k, tuple) else k
+    return layers, visual.conv1, "patch embedding", k[0] if isinstance(k, tuple) else k
 
 
 def image_methods(model, sim) -> Dict[str, Callable]:

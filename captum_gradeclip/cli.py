@@ -126,16 +126,12 @@ def explain_open_clip(model: Any, preprocess: Callable[..., Any], tokenizer: Cal
     import torch
 
     from . import ImageGradECLIP, TextGradECLIP
-    from .openai import EncoderImageTextSimilarity, EncoderTextImageSimilarity
+    from .openai import EncoderImageTextSimilarity, EncoderTextImageSimilarity, image_attention_layers
 
-    visual = model.visual
-    if hasattr(visual, "attnpool"):
-        image_layer = visual.attnpool
-    elif hasattr(getattr(visual, "transformer", None), "resblocks"):
-        image_layer = visual.transformer.resblocks[-1]
-    else:
-        raise CLIError(f"the image tower {type(visual).__name__} is neither an open_clip ViT nor a "
-                       "ResNet with attention pooling (timm and Hugging Face towers are not supported)")
+    try:
+        image_layer = image_attention_layers(model)[-1]
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     text_blocks = getattr(model, "transformer", None) or getattr(getattr(model, "text", None), "transformer", None)
     if not hasattr(text_blocks, "resblocks"):
         raise CLIError("the text tower is not an open_clip transformer (Hugging Face text towers are not supported)")

@@ -48,13 +48,21 @@ def eos_positions(input_ids: Tensor, eos_token_id: Optional[int] = None) -> Tens
         raise ValueError(f"input_ids must have shape (T, L), got shape {tuple(input_ids.shape)}")
     if eos_token_id is None or eos_token_id == 2:
         return input_ids.to(torch.int).argmax(dim=-1).long()
+    return first_eos(input_ids, eos_token_id,
+                     "tokenize with the model's tokenizer (it appends EOS), and truncate with "
+                     "truncation=True so EOS is kept")
+
+
+def first_eos(input_ids: Tensor, eos_token_id: int, hint: str) -> Tensor:
+    """``(T, L) -> (T,)``: the first position of ``eos_token_id`` in each text.
+
+    Raises:
+        ValueError: a text has no such token (the message ends with ``hint``).
+    """
     hit = input_ids == eos_token_id
     missing = (~hit.any(dim=-1)).nonzero().flatten().tolist()
     if missing:
-        raise ValueError(
-            f"text(s) {missing} have no EOS token (id {eos_token_id}); tokenize with the model's "
-            "tokenizer (it appends EOS), and truncate with truncation=True so EOS is kept"
-        )
+        raise ValueError(f"text(s) {missing} have no EOS token (id {eos_token_id}); {hint}")
     return hit.int().argmax(dim=-1).long()
 
 

@@ -15,14 +15,14 @@ is imported here::
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._core.fastpath import mha_fast_path_off
-from .forward import eos_positions
+from .forward import eos_positions, first_eos
 
 
 def _patch_size(visual: nn.Module) -> Optional[int]:
@@ -32,6 +32,23 @@ def _patch_size(visual: nn.Module) -> Optional[int]:
     if isinstance(p, (tuple, list)):
         p = p[0] if p[0] == p[-1] else tuple(p)
     return p
+
+
+def image_attention_layers(model: nn.Module) -> List[nn.Module]:
+    """The layers Grad-ECLIP can explain in an OpenAI CLIP / open_clip image tower, in order: the
+    transformer blocks of a ViT (``visual.transformer.resblocks``), or ``[visual.attnpool]`` of a
+    ResNet.
+
+    Raises:
+        ValueError: another tower (timm or Hugging Face towers inside open_clip).
+    """
+    visual = model.visual
+    if hasattr(visual, "attnpool"):
+        return [visual.attnpool]
+    if hasattr(getattr(visual, "transformer", None), "resblocks"):
+        return list(visual.transformer.resblocks)
+    raise ValueError(f"the image tower {type(visual).__name__} is neither an OpenAI CLIP / open_clip ViT "
+                     "nor a ResNet with attention pooling (timm and Hugging Face towers are not supported)")
 
 
 def _image_pool(visual: nn.Module) -> str:
@@ -154,13 +171,9 @@ class EncoderTextImageSimilarity(nn.Module):
         """
         if self.text_pool == "argmax":
             return eos_positions(text_tokens, None)
-        if self.text_pool == "eos" and self.text_eos_id is not None:
-            hit = text_tokens == int(self.text_eos_id)
-            missing = (~hit.any(dim=-1)).nonzero().flatten().tolist()
-            if missing:
-                raise ValueError(f"text(s) {missing} have no EOS token (id {self.text_eos_id}); tokenize "
-                                 "with the model's tokenizer (open_clip.get_tokenizer)")
-            return hit.int().argmax(dim=-1).long()
+        if self.text_pool == "eos" and self.text_eos_id is not None:  # not the argmax, even for id 2
+            return first_eos(text_tokens, int(self.text_eos_id),
+                             "tokenize with the model's tokenizer (open_clip.get_tokenizer)")
         if self.text_pool == "last":
             return torch.full((text_tokens.shape[0],), text_tokens.shape[1] - 1, dtype=torch.long,
                               device=text_tokens.device)

@@ -8,9 +8,10 @@ norms (``ln_q``, ``ln_k``) are applied as the module applies them, and a per-hea
 (``head_scale``) is folded into ``v`` (``o = head_scale * softmax(q k^T) v`` exactly). ``o`` itself
 is read at ``out_proj``'s input, so the model's forward is untouched. Scaled cosine attention and
 an inner LayerNorm before ``out_proj`` make ``o`` something other than a weighted sum of values
-with softmax-of-dot-product weights; those are refused with a clear error. In the reproduction mode (``single_head=True``) the layer is recomputed from
-the raw projections with one head over the full width, as the authors do: per-head norms and
-scales belong to the model's heads and are left out there.
+with softmax-of-dot-product weights; those are refused with a clear error. In the reproduction
+mode (``single_head=True``) the layer is recomputed from the raw projections with one head over
+the full width, as the authors do: per-head norms and scales belong to the model's heads and are
+left out there.
 """
 
 from __future__ import annotations
@@ -103,19 +104,16 @@ class FusedQKVSelfAttentionAdapter(AttentionAdapter):
                                  "expects batch-first (B, L, D)")
             capture.extra["input"] = x
             q, k, v = F.linear(x, mod.in_proj_weight, mod.in_proj_bias).chunk(3, dim=-1)
-            if single_head:
-                # the authors' recomputation knows one head over the full width and the raw
-                # projections only: per-head norms and scales have no meaning there
-                capture.query, capture.key, capture.value = q, k, v
-                capture.mask, capture.is_causal = self._mask(args, kwargs, x, q.dtype), False
-                return replace_first_arg(args, kwargs, name, x)
-            capture.query = self._per_head(q, getattr(mod, "ln_q", None))
-            capture.key = self._per_head(k, getattr(mod, "ln_k", None))
-            hs = getattr(mod, "head_scale", None)
-            if hs is not None:  # (H, 1, 1): scales each head's attention output, so its values
-                b, n, d = v.shape
-                v = (v.view(b, n, self.num_heads, -1) * hs.view(1, 1, self.num_heads, 1).to(v.dtype)).reshape(b, n, d)
-            capture.value = v
+            # the authors' recomputation (single_head) knows one head over the full width and the
+            # raw projections only: per-head norms and scales apply to the model's own heads
+            if not single_head:
+                q = self._per_head(q, getattr(mod, "ln_q", None))
+                k = self._per_head(k, getattr(mod, "ln_k", None))
+                hs = getattr(mod, "head_scale", None)
+                if hs is not None:  # (H, 1, 1): scales each head's attention output, so its values
+                    b, n, d = v.shape
+                    v = (v.view(b, n, self.num_heads, -1) * hs.view(1, 1, self.num_heads, 1).to(v.dtype)).reshape(b, n, d)
+            capture.query, capture.key, capture.value = q, k, v
             capture.mask, capture.is_causal = self._mask(args, kwargs, x, q.dtype), False
             return replace_first_arg(args, kwargs, name, x)
 
