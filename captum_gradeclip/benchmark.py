@@ -25,30 +25,14 @@ import torch
 # ---- the methods ---------------------------------------------------------------------------
 
 
-def _image_tower(model) -> tuple:
-    """``(attention layers, layer for Captum's LayerGradCam, its name, occlusion window)`` of a
-    Hugging Face CLIP, or of an OpenAI CLIP / open_clip ViT or ResNet."""
-    if hasattr(model, "vision_model"):
-        p = model.config.vision_config.patch_size
-        return list(model.vision_model.encoder.layers), model.vision_model.embeddings.patch_embedding, \
-            "patch embedding", p
-    from .openai import image_attention_layers
-
-    visual, layers = model.visual, image_attention_layers(model)
-    if hasattr(visual, "attnpool"):  # ResNet: the attention pool; Grad-CAM on the last stage
-        return layers, visual.layer4, "layer4", 32
-    k = visual.conv1.kernel_size
-    return layers, visual.conv1, "patch embedding", k[0] if isinstance(k, tuple) else k
-
-
-def image_methods(model, sim) -> Dict[str, Callable]:
+def image_methods(clip, sim) -> Dict[str, Callable]:
     """name -> ``explain(pixels (N, 3, H, W), target (N,)) -> (N, 1, h, w)``-like maps."""
     from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
 
     from . import ImageGradECLIP
     from .baselines import GAME, RISE, AttentionRollout, CLSAttention, MaskCLIP, TokenGradCAM
 
-    layers, gradcam_layer, gradcam_name, p = _image_tower(model)
+    layers, gradcam_layer, gradcam_name, p = clip.image_layers, clip.gradcam_layer, clip.gradcam_name, clip.patch_size
     last = layers[-1]
     resnet = hasattr(last, "c_proj") and not hasattr(last, "out_proj")
 
@@ -87,15 +71,15 @@ def image_methods(model, sim) -> Dict[str, Callable]:
     return methods
 
 
-def text_methods(model, tsim) -> Dict[str, Callable]:
+def text_methods(clip, tsim) -> Dict[str, Callable]:
     """name -> ``explain(input_ids (T, L), target, mask) -> (T, L)``."""
     from captum.attr import LayerIntegratedGradients
 
     from . import TextGradECLIP
     from .baselines import TextAttention, TextGAME, TextRollout
 
-    layers = list(model.text_model.encoder.layers)
-    lig = LayerIntegratedGradients(tsim, model.text_model.embeddings.token_embedding)
+    layers = clip.text_layers
+    lig = LayerIntegratedGradients(tsim, clip.token_embedding)
 
     def cls(c, lay):
         g = c(tsim, lay)
@@ -128,43 +112,41 @@ def shapes_items(n_scenes: int, seed_start: int = 0):
 
 def memory_cell(method: str, side: str, model_path: Optional[str] = None) -> dict:
     """Peak memory of one explanation by ``method``, measured in this (fresh) process."""
-    from . import ImageTextSimilarity, TextImageSimilarity
     from ._memory import PeakRSS
-    from .shapes import all_prompts, load_shapes_clip
+    from .models import load_shapes
+    from .shapes import all_prompts
 
     torch.set_num_threads(1)
-    model, processor = load_shapes_clip(model_path)
+    clip = load_shapes(model_path)
     items = shapes_items(2)
-    px = processor(images=[items[0]["image"]], return_tensors="pt").pixel_values
+    px = clip.pixels([items[0]["image"]])
     if side == "image":
-        tok = processor.tokenizer(all_prompts(), padding=True, return_tensors="pt")
-        sim = ImageTextSimilarity(model, input_ids=tok.input_ids, attention_mask=tok.attention_mask)
-        fn = image_methods(model, sim)[method]
+        sim = clip.image_similarity(*clip.tokens(all_prompts()))
+        fn = image_methods(clip, sim)[method]
         with PeakRSS() as mem:
             fn(px, torch.tensor([items[0]["target"]]))
     else:
-        tsim = TextImageSimilarity(model, pixel_values=px)
-        tok = processor.tokenizer(["a red circle and a blue square"], padding=True, return_tensors="pt")
-        fn = text_methods(model, tsim)[method]
+        tsim = clip.text_similarity(px)
+        ids, mask = clip.tokens(["a red circle and a blue square"])
+        fn = text_methods(clip, tsim)[method]
         with PeakRSS() as mem:
-            fn(tok.input_ids, 0, tok.attention_mask)
+            fn(ids, 0, mask)
     return dict(extra_mb=mem.extra_mb)
 
 
 def run_shapes(args) -> dict:
-    from . import ImageTextSimilarity, TextImageSimilarity
     from .metrics import deletion, energy_pointing_game, insertion, pointing_game, word_deletion
-    from .shapes import all_prompts, load_shapes_clip
+    from .models import load_shapes
+    from .shapes import all_prompts
 
     torch.manual_seed(0)
-    model, processor = load_shapes_clip(args.model)
+    clip = load_shapes(args.model)
     items = shapes_items(args.n)
-    pixels = processor(images=[it["image"] for it in items], return_tensors="pt").pixel_values
+    pixels = clip.pixels([it["image"] for it in items])
     targets = torch.tensor([it["target"] for it in items])
     masks = torch.stack([it["mask"] for it in items])
-    tok = processor.tokenizer(all_prompts(), padding=True, return_tensors="pt")
-    sim = ImageTextSimilarity(model, input_ids=tok.input_ids, attention_mask=tok.attention_mask)
-    methods = image_methods(model, sim)
+    sim = clip.image_similarity(*clip.tokens(all_prompts()))
+    methods = image_methods(clip, sim)
     if args.methods:
         methods = {k: v for k, v in methods.items() if any(m.lower() in k.lower() for m in args.methods)}
     results, examples = {}, {}
@@ -200,15 +182,14 @@ def run_shapes(args) -> dict:
     text_results = {}
     if caps:
         img = torch.stack(imgs)
-        tsim = TextImageSimilarity(model, pixel_values=img)
-        ct = processor.tokenizer(caps, padding=True, return_tensors="pt")
-        ids, am = ct.input_ids, ct.attention_mask
+        tsim = clip.text_similarity(img)
+        ids, am = clip.tokens(caps)
         eos = tsim.eos_positions(ids)
         pos = torch.arange(ids.shape[1])[None]
         words = (pos > 0) & (pos < eos[:, None])
-        repl = processor.tokenizer.convert_tokens_to_ids(args.word_replacement)
+        repl = clip.tokenizer.convert_tokens_to_ids(args.word_replacement)
         tgt = torch.arange(len(caps))
-        for name, fn in text_methods(model, tsim).items():
+        for name, fn in text_methods(clip, tsim).items():
             t0 = time.perf_counter()
             attr = torch.cat([fn(ids[i:i + 1], int(tgt[i]), am[i:i + 1]).detach().float() for i in range(len(caps))])
             elapsed = time.perf_counter() - t0
@@ -235,9 +216,9 @@ def run_shapes(args) -> dict:
 def run_folder(args) -> dict:
     from tqdm.auto import tqdm
 
-    from . import ImageTextSimilarity
-    from .cli import CLIError, load_model, open_image
+    from ._io import CLIError, open_image
     from .metrics import deletion, insertion
+    from .models import load
 
     folder = Path(args.images)
     if not folder.is_dir():
@@ -250,29 +231,15 @@ def run_folder(args) -> dict:
         files = files[: args.n]
     if not files:
         raise CLIError(f"no images (.png, .jpg, ...) in {folder}")
-    if args.open_clip:
-        from .cli import load_open_clip
-        from .openai import EncoderImageTextSimilarity
-
-        model, preprocess, tokenizer = load_open_clip(args.open_clip)
-        sim = EncoderImageTextSimilarity(model, tokenizer(prompts))
-
-        def pixels_of(image):
-            return preprocess(image).unsqueeze(0)
-    else:
-        model, processor = load_model(args.model)
-        tok = processor.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
-        sim = ImageTextSimilarity(model, input_ids=tok.input_ids, attention_mask=tok.attention_mask)
-
-        def pixels_of(image):
-            return processor(images=[image], return_tensors="pt").pixel_values
-    methods = image_methods(model, sim)
+    clip = load(args.model, args.open_clip)
+    sim = clip.image_similarity(*clip.tokens(prompts))
+    methods = image_methods(clip, sim)
     if args.methods:
         methods = {k: v for k, v in methods.items() if any(m.lower() in k.lower() for m in args.methods)}
     acc = {name: {"deletion_auc": [], "insertion_auc": [], "deletion_acc_auc": [], "insertion_acc_auc": [],
                   "seconds": 0.0} for name in methods}
     for f in tqdm(files, desc="images"):
-        px = pixels_of(open_image(str(f)))
+        px = clip.pixels([open_image(str(f))])
         with torch.no_grad():
             t = sim(px).argmax(1)
         for name, fn in methods.items():
@@ -362,13 +329,13 @@ def plot(res: dict, out: Path) -> None:
 
 
 def cmd_benchmark(args) -> None:
-    from .cli import CLIError
+    from ._io import CLIError
+    from .models import check_choice
 
     if args.quick:
         args.n = args.n or 12
     args.n = args.n or 100
-    if args.open_clip and args.model:
-        raise CLIError("give --model (Hugging Face) or --open-clip, not both")
+    check_choice(args.model, args.open_clip)
     if args.open_clip and not args.images:
         raise CLIError("--open-clip runs the folder benchmark: give --images and --prompts too")
     if args.images or args.prompts:
