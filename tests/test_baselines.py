@@ -96,9 +96,9 @@ def test_full_attention_rows_are_distributions(setup):
     seen = {}
 
     class Probe(ImageGradECLIP):
-        def _combine(self, layers, **kw):
+        def combine(self, layers, **kw):
             seen["a"] = full_attention(layers[-1])
-            return super()._combine(layers, **kw)
+            return super().combine(layers, **kw)
 
     Probe(sim, model.vision_model.encoder.layers[-1]).attribute(pixels, target=0)
     torch.testing.assert_close(seen["a"].sum(-1), torch.ones(2, 4, 17))

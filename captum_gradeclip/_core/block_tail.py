@@ -51,28 +51,26 @@ class BlockTail:
         return cls(block, adapter, names[ln2[0]], names["mlp"])
 
     def attach(self, capture: Capture) -> List[RemovableHandle]:
+        """Hooks recording the block's input and output into ``capture``."""
         def pre(mod, args, kwargs):
-            capture.extra["block_in"] = first_arg(args, kwargs, "hidden_states")
+            capture.block_input = first_arg(args, kwargs, "hidden_states")
 
         def post(mod, args, output):
-            capture.extra["block_out"] = output[0] if isinstance(output, tuple) else output
+            capture.block_output = output[0] if isinstance(output, tuple) else output
 
         return [self.block.register_forward_pre_hook(pre, with_kwargs=True), self.block.register_forward_hook(post)]
 
-    def _bf(self, x: Tensor) -> Tensor:
-        return x.transpose(-3, -2) if self.adapter.seq_first else x
-
     def pooled_o_grad(self, capture: Capture, grad_out: Tensor, pooled: Tensor) -> Optional[Tensor]:
-        """``(T, B, D)`` ``dS/do`` at the pooled rows from ``grad_out`` = dS/d(block output)
-        ``(T, ...)``, or ``None`` if other rows have a gradient (then the shortcut does not hold)."""
-        g = self._bf(grad_out)  # (T, B, L, D)
+        """``(K, B, D)`` ``dS/do`` at the pooled rows from ``grad_out`` = dS/d(block output)
+        ``(K, ...)``, or ``None`` if other rows have a gradient (then the shortcut does not hold)."""
+        g = capture.batch_first(grad_out)  # (K, B, L, D)
         rows = torch.arange(pooled.shape[0], device=g.device)
         other = g.abs().amax(-1)
         other[:, rows, pooled] = 0
         if bool((other > 0).any()):
             return None
-        x = self._bf(capture.extra["block_in"]).detach()[rows, pooled]
-        a = self._bf(capture.extra["attn_out"]).detach()[rows, pooled].requires_grad_(True)
+        x = capture.batch_first(capture.block_input).detach()[rows, pooled]
+        a = capture.batch_first(capture.attn_out).detach()[rows, pooled].requires_grad_(True)
         with torch.enable_grad():
             h = x + a
             y = h + self.mlp(self.ln2(h))

@@ -1,7 +1,25 @@
-"""The Grad-ECLIP formula as pure tensor functions (no hooks, no models).
+"""The Grad-ECLIP formula and the attention it reads, as pure tensor functions (no hooks, no models).
 
-Shapes use ``B`` batch, ``L`` tokens, ``D`` width, ``H`` heads, and ``*`` any leading dims
-(e.g. a stack of targets ``T``) broadcast against ``B``. Everything is computed in float32.
+Dimension letters, used with one meaning across the package:
+
+====  =====================================================================================
+N     images (the batch of the image tower)
+T     texts (the batch of the text tower)
+B     the batch of the explained input, whichever tower: ``B = N`` (image) or ``B = T`` (text)
+K     targets: the scores explained at once (``attribute``: 1; ``attribute_all``: every
+      column of the forward function's ``(B, K)`` output)
+L     tokens of the explained layer (``Lq`` query rows where it differs)
+D     width of the attention (``q, k, v, o``); ``H`` heads of ``D / H`` channels each
+E     the joint embedding width
+h, w  the patch grid of an image map
+====  =====================================================================================
+
+Attention masks have ONE convention everywhere past the adapters: ``None`` (every key allowed) or
+an **additive** float mask broadcastable to ``(B, 1, Lq, L)`` (``0`` = attend, very negative or
+``-inf`` = blocked), with any causal mask already folded in. Adapters convert the model's own
+masks with :func:`additive_mask` and :func:`causal_mask`; everything that needs attention weights
+calls :func:`attention_probs` (the counterpart of Hugging Face's ``eager_attention_forward``).
+Everything is computed in float32.
 """
 
 from __future__ import annotations
@@ -14,6 +32,94 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SPATIAL_MODES = ("cosine", "cosine_per_head", "attention", "uniform")
+
+
+# ---- masks ----------------------------------------------------------------------------------
+
+
+def additive_mask(mask: Optional[Tensor], *, dtype: torch.dtype, true_blocks: bool) -> Optional[Tensor]:
+    """A model's attention mask in the one convention (additive float, ``-inf`` = blocked).
+
+    Args:
+        mask: ``None``, a bool mask, or an additive float mask (returned as it is).
+        dtype: the float dtype of a converted bool mask.
+        true_blocks: what ``True`` means in a bool mask: blocked (``nn.MultiheadAttention``'s
+            convention) or allowed (Hugging Face's and SDPA's).
+
+    Returns:
+        ``None`` or a float mask of ``mask``'s shape.
+    """
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    blocked = mask if true_blocks else ~mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(blocked, float("-inf"))
+
+
+def causal_mask(mask: Optional[Tensor], length: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``mask`` (additive, or ``None``) with a causal mask folded in: ``(*, L, L)``, ``-inf``
+    above the diagonal."""
+    causal = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(
+        ~torch.ones(length, length, dtype=torch.bool, device=device).tril(), float("-inf"))
+    return causal[None, None] if mask is None else mask + causal.to(mask.dtype)
+
+
+def allowed_keys(mask: Optional[Tensor], rows: Tensor, length: int) -> Tensor:
+    """``(B, L)`` bool: the keys the query row ``rows[b]`` of each example may attend to.
+
+    Args:
+        mask: ``None`` or an additive mask broadcastable to ``(B, 1, L, L)``.
+        rows: ``(B,)`` long, one query row per example.
+        length: ``L``.
+    """
+    b = rows.shape[0]
+    allowed = torch.ones(b, length, dtype=torch.bool, device=rows.device)
+    if mask is not None:
+        m = mask.expand(b, mask.shape[1], length, length)[torch.arange(b), 0, rows.to(mask.device)]
+        allowed &= (m > torch.finfo(m.dtype).min / 2).to(rows.device)
+    return allowed
+
+
+# ---- attention ------------------------------------------------------------------------------
+
+
+def attention_probs(*, query: Tensor, key: Tensor, mask: Optional[Tensor], num_heads: int) -> Tensor:
+    """Softmax attention weights per head, ``softmax(q_h k_h^T / sqrt(D / H) + mask)``.
+
+    Args:
+        query: ``(B, Lq, D)``.
+        key: ``(B, L, D)``.
+        mask: ``None`` or additive, broadcastable to ``(B, 1, Lq, L)``.
+        num_heads: ``H``; ``1`` gives the authors' single head over the full width.
+
+    Returns:
+        ``(B, H, Lq, L)`` float32; a row with no allowed key is all zeros.
+    """
+    b, lq, d = query.shape
+    dh = d // num_heads
+    qh = query.float().view(b, lq, num_heads, dh).transpose(1, 2)
+    kh = key.float().view(b, key.shape[1], num_heads, dh).transpose(1, 2)
+    logits = qh @ kh.transpose(-1, -2) / math.sqrt(dh)
+    if mask is not None:
+        logits = logits + mask.float()
+    return logits.softmax(-1).nan_to_num(0.0)
+
+
+def single_head_attention(*, query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """Attention with ONE head over the full width (scale ``1/sqrt(D)``), as in the Grad-ECLIP
+    authors' code. This is not the model's own (multi-head) attention.
+
+    Args:
+        query: ``(B, Lq, D)``. key, value: ``(B, L, D)``.
+        mask: ``None`` or additive, broadcastable to ``(B, 1, Lq, L)``.
+
+    Returns:
+        ``(B, Lq, D)``, in the dtype of ``value``.
+    """
+    probs = attention_probs(query=query, key=key, mask=mask, num_heads=1)[:, 0]
+    return (probs @ value.float()).to(value.dtype)
+
+
+# ---- Grad-ECLIP -----------------------------------------------------------------------------
 
 
 def _minmax(x: Tensor, mask: Tensor) -> Tensor:
@@ -47,7 +153,7 @@ def spatial_weights(
         attended: ``(B, L)`` bool, the keys the pooled token may attend to in the model (used by
             ``"attention"``: the softmax runs over these).
         mode: ``"cosine"``, ``"cosine_per_head"``, ``"attention"`` or ``"uniform"``.
-        num_heads: heads of the attention; ``D`` must be divisible by it.
+        num_heads: ``H``; ``D`` must be divisible by it.
 
     Returns:
         ``(B, L)`` for ``"cosine"`` and ``"uniform"``, ``(B, H, L)`` for the per-head modes;
@@ -62,16 +168,16 @@ def spatial_weights(
         return _minmax(cos, scored)
     if mode == "uniform":
         return scored.float()
-    b, n, d = k.shape
-    qh = q.view(b, num_heads, d // num_heads)
-    kh = k.view(b, n, num_heads, d // num_heads)
     if mode == "cosine_per_head":
+        b, n, d = k.shape
+        qh = q.view(b, num_heads, d // num_heads)
+        kh = k.view(b, n, num_heads, d // num_heads)
         cos = torch.einsum("bhd,blhd->bhl", F.normalize(qh, dim=-1), F.normalize(kh, dim=-1))
         return _minmax(cos, scored[:, None, :])
     if mode == "attention":
-        logits = torch.einsum("bhd,blhd->bhl", qh, kh) / math.sqrt(d // num_heads)
-        logits = logits.masked_fill(~attended[:, None, :], float("-inf"))
-        return logits.softmax(-1).masked_fill(~scored[:, None, :], 0.0)
+        blocked = additive_mask(attended, dtype=torch.float32, true_blocks=False)
+        probs = attention_probs(query=q[:, None], key=k, mask=blocked[:, None, None, :], num_heads=num_heads)
+        return probs[:, :, 0].masked_fill(~scored[:, None, :], 0.0)
     raise ValueError(f"spatial must be one of {SPATIAL_MODES}, got {mode!r}")
 
 
@@ -79,7 +185,7 @@ def token_map(*, weights: Tensor, values: Tensor, spatial: Tensor) -> Tensor:
     """Signed Grad-ECLIP map before the ReLU: ``sum_c w_c * lambda_i * v_i,c``.
 
     Args:
-        weights: ``(*, B, D)`` channel weights ``w_c = dS/do_pool,c`` (``*`` e.g. targets).
+        weights: ``(*, B, D)`` channel weights ``w_c = dS/do_pool,c`` (``*`` e.g. ``K`` targets).
         values: ``(B, L, D)`` value projections ``v_i``.
         spatial: ``(B, L)`` or ``(B, H, L)`` from :func:`spatial_weights`; per-head weights
             apply to their head's ``D / H`` channels.
@@ -94,56 +200,3 @@ def token_map(*, weights: Tensor, values: Tensor, spatial: Tensor) -> Tensor:
     d = v.shape[-1]
     per_head = torch.einsum("...bhd,blhd->...bhl", w.unflatten(-1, (h, d // h)), v.view(b, n, h, d // h))
     return (per_head * lam).sum(-2)
-
-
-def attention_mask_rows(
-    mask: Optional[Tensor], is_causal: bool, rows: Tensor, length: int
-) -> Tensor:
-    """The keys each query row may attend to, from a model's attention mask.
-
-    Args:
-        mask: ``None`` or a mask broadcastable to ``(B, 1, L, L)``: bool (True = attend) or
-            additive float (0 = attend, very negative = masked).
-        is_causal: whether a causal mask applies on top of ``mask``.
-        rows: ``(B,)`` long, the query row of each batch item.
-        length: ``L``.
-
-    Returns:
-        ``(B, L)`` bool.
-    """
-    b = rows.shape[0]
-    cols = torch.arange(length, device=rows.device)
-    allowed = torch.ones(b, length, dtype=torch.bool, device=rows.device)
-    if is_causal:
-        allowed &= cols[None, :] <= rows[:, None]
-    if mask is not None:
-        m = mask.expand(b, mask.shape[1], length, length)[torch.arange(b), 0, rows.to(mask.device)]
-        m = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
-        allowed &= m.to(rows.device)
-    return allowed
-
-
-def single_head_attention(
-    *, query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor], is_causal: bool
-) -> Tensor:
-    """Attention with ONE head over the full width (scale ``1/sqrt(D)``), as in the Grad-ECLIP
-    authors' code. This is not the model's own (multi-head) attention.
-
-    Args:
-        query, key, value: ``(B, L, D)``.
-        mask: ``None`` or broadcastable to ``(B, 1, L, L)``, bool (True = attend) or additive.
-        is_causal: apply a causal mask as well.
-
-    Returns:
-        ``(B, L, D)``, in the dtype of ``value``.
-    """
-    d = query.shape[-1]
-    logits = (query.float() @ key.float().transpose(-1, -2)) / math.sqrt(d)
-    n = logits.shape[-1]
-    if mask is not None:
-        m = mask[:, 0] if mask.dim() == 4 else mask
-        logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.float()
-    if is_causal:
-        causal = torch.ones(n, n, dtype=torch.bool, device=logits.device).tril()
-        logits = logits.masked_fill(~causal, float("-inf"))
-    return (logits.softmax(-1) @ value.float()).to(value.dtype)

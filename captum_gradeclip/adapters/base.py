@@ -1,76 +1,111 @@
-"""What an attention adapter captures, and the adapter interface."""
+"""What an attention adapter records (:class:`Capture`), and the adapter contract.
+
+The contract, in full (the core relies on nothing else):
+
+1. :meth:`AttentionAdapter.matches` decides from the module's *structure* (children, parameters,
+   the signature of ``forward``), never from its class name.
+2. :meth:`AttentionAdapter.attach` registers hooks on the module (and its children) and returns
+   their handles; the core removes them after the one forward it explains, also on error.
+3. The hook that runs first when the layer is called passes the layer's input(s) through
+   :meth:`Capture.enter` and hands the returned tensors to the layer in their place: that counts
+   the call (the core requires exactly one per forward), switches autograd on (the blocks before
+   the explained layer ran without a graph) and makes the inputs part of the graph.
+4. By the end of the forward the hooks have filled, batch-first: ``query``, ``key``, ``value``
+   ``(B, L, D)``; ``o`` (the attention output before ``out_proj``, or a tensor of the graph from
+   which ``o_grad`` maps gradients to ``dS/do``); ``mask`` in the one convention of
+   :mod:`captum_gradeclip._core.functional` (additive float or ``None``, causal folded in); and,
+   where they exist, ``layer_input`` and ``attn_out`` (in the layer's own layout, see
+   ``seq_first``) and ``grid``.
+5. With ``single_head=False`` the hooks only read; the layer's output is unchanged. With
+   ``single_head=True`` the layer's output is replaced by the authors' one-head recomputation
+   (:func:`~captum_gradeclip.functional.single_head_attention`), and ``o`` is that recomputation's.
+"""
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-#: Called by an adapter's pre-hook on the first tensor entering an explained layer: switches
-#: autograd on (the blocks before ran without a graph) and returns a tensor that is part of the
-#: graph, with the same values.
-StartGraph = Callable[[Tensor], Tensor]
-
 
 @dataclass
 class Capture:
-    """Tensors of one attention call, batch-first, still attached to the autograd graph.
+    """Tensors of one call of an explained attention layer, still attached to the autograd graph.
 
     Attributes:
+        num_heads: ``H`` the spatial weights split ``D`` into (1 in the reproduction mode).
+        seq_first: whether ``layer_input``, ``attn_out`` and the block tensors are ``(L, B, D)``
+            (the layer's own layout; ``query``, ``key``, ``value`` and ``o`` are always batch-first).
         query, key, value: ``(B, L, D)`` the input projections ``q, k, v``.
-        grad_source: the tensor the score is differentiated against: the attention output
-            before ``out_proj`` ``o`` ``(B, L, D)``, or (where ``o`` is never a tensor of the
-            model) the layer output, with ``to_o_grad`` mapping its gradient to ``dS/do``.
-        to_o_grad: ``(*, B, L, D_out) -> (*, B, L, D)``; identity when ``None``.
-        mask: the attention mask the model used (``None``, bool or additive), ``(B, 1, L, L)``
-            broadcastable.
-        is_causal: whether a causal mask applied on top of ``mask``.
-        num_heads: heads of the attention.
-        calls: how often the layer ran during the forward (must be exactly 1).
+        o: the tensor the score is differentiated against: the attention output before
+            ``out_proj`` ``(B, L, D)``, or (where ``o`` is never a tensor of the model) the layer
+            output, with ``o_grad`` mapping its gradient to ``dS/do``.
+        o_grad: ``(*, <o's shape>) -> (*, B, L, D)``; identity when ``None``.
+        mask: ``None`` or the additive mask ``(B or 1, 1, L, L)`` the model applied.
+        layer_input: the token input of the attention ``(B, L, D)`` (or ``(L, B, D)``), where
+            there is one (not for ResNet attention pooling).
+        attn_out: the attention output after ``out_proj``, in the layer's layout.
+        grid: ``(h, w)`` where the tokens are a feature map (ResNet attention pooling).
+        block_input, block_output: the enclosing block's input and output (recorded only for the
+            pooled-row shortcut of ``block_tail.py``).
+        calls: how often the layer ran during the forward (the core requires exactly 1).
     """
 
     num_heads: int
+    seq_first: bool = False
     query: Optional[Tensor] = None
     key: Optional[Tensor] = None
     value: Optional[Tensor] = None
-    grad_source: Optional[Tensor] = None
-    to_o_grad: Optional[Callable[[Tensor], Tensor]] = None
+    o: Optional[Tensor] = None
+    o_grad: Optional[Callable[[Tensor], Tensor]] = None
     mask: Optional[Tensor] = None
-    is_causal: bool = False
+    layer_input: Optional[Tensor] = None
+    attn_out: Optional[Tensor] = None
+    grid: Optional[Tuple[int, int]] = None
+    block_input: Optional[Tensor] = None
+    block_output: Optional[Tensor] = None
     calls: int = 0
-    extra: dict = field(default_factory=dict)
+
+    def enter(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
+        """Call once, first thing in the layer's call, with its input(s); pass the returned
+        tensors on to the layer in their place (same values, now part of the autograd graph).
+
+        Counts the call and switches autograd on: the forward runs under ``torch.no_grad()``
+        up to here when no input needs gradients, so the blocks before build no graph. The same
+        tensor passed several times (self-attention's ``query is key is value``) stays one tensor.
+        """
+        self.calls += 1
+        torch.set_grad_enabled(True)
+        seen = {}
+        for x in inputs:
+            if id(x) not in seen:
+                track = x.is_floating_point() and not x.requires_grad
+                seen[id(x)] = x.detach().requires_grad_(True) if track else x
+        return tuple(seen[id(x)] for x in inputs)
+
+    def batch_first(self, x: Tensor) -> Tensor:
+        """``x`` ``(*, L, B, C)`` in the layer's layout -> ``(*, B, L, C)`` (no-op when batch-first)."""
+        return x.transpose(-3, -2) if self.seq_first else x
+
+    def o_gradient(self, grad: Tensor) -> Tensor:
+        """``(K, <o's shape>)`` gradient -> ``(K, B, L, D)`` ``dS/do``."""
+        return grad if self.o_grad is None else self.o_grad(grad)
 
 
 class AttentionAdapter:
-    """Reads ``q, k, v`` and ``o`` out of one kind of attention module through hooks.
+    """Reads ``q, k, v`` and ``o`` out of one kind of attention module through hooks (see the
+    contract in this module's docstring).
 
-    Subclass, implement :meth:`matches` and :meth:`attach`, and register the class with
-    :func:`captum_gradeclip.adapters.register_adapter`. Adapters are chosen by module
-    structure, never by class name.
+    Subclass, implement :meth:`matches`, :attr:`num_heads` and :meth:`attach`, and register the
+    class with :func:`captum_gradeclip.adapters.register_adapter`.
     """
 
     #: a short name for error messages
     name: str = "attention"
-
-    @property
-    def out_proj(self) -> Optional[nn.Linear]:
-        """The output projection ``attn_out = out_proj(o)``, where there is one."""
-        return None
-
-    @property
-    def seq_first(self) -> bool:
-        """Whether the layer's tensors are ``(L, B, D)`` (else ``(B, L, D)``)."""
-        return False
-
-    @property
-    def graph_free_prefix(self) -> bool:
-        """Whether the blocks before this layer may run under ``torch.no_grad()`` without
-        changing the model's numbers (False where PyTorch picks another kernel without grad)."""
-        return True
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
@@ -82,11 +117,20 @@ class AttentionAdapter:
 
     @property
     def num_heads(self) -> int:
+        """The attention's heads ``H``."""
         raise NotImplementedError
 
-    def attach(
-        self, capture: Capture, *, single_head: bool, start_graph: StartGraph
-    ) -> List[RemovableHandle]:
+    @property
+    def out_proj(self) -> Optional[nn.Linear]:
+        """The output projection ``attn_out = out_proj(o)``, where there is one."""
+        return None
+
+    @property
+    def seq_first(self) -> bool:
+        """Whether the layer's token tensors are ``(L, B, D)`` (else ``(B, L, D)``)."""
+        return False
+
+    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
         """Register the hooks that fill ``capture`` during one forward; return their handles.
 
         With ``single_head=False`` the hooks only read: the layer's output is unchanged.
@@ -119,7 +163,3 @@ def first_param(module: nn.Module) -> str:
 
 def is_linear(m: Any) -> bool:
     return isinstance(m, nn.Linear)
-
-
-def float_tensor(x: Any) -> bool:
-    return torch.is_tensor(x) and x.is_floating_point()

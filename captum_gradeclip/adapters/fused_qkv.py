@@ -16,15 +16,15 @@ left out there.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .._core.functional import single_head_attention
-from .base import AttentionAdapter, Capture, StartGraph, first_arg, first_param, is_linear, replace_first_arg
+from .._core.functional import additive_mask, single_head_attention
+from .base import AttentionAdapter, Capture, first_arg, first_param, is_linear, replace_first_arg
 
 
 def _is_identity(m) -> bool:
@@ -83,54 +83,55 @@ class FusedQKVSelfAttentionAdapter(AttentionAdapter):
     def _mask(args: tuple, kwargs: dict, x: Tensor, dtype: torch.dtype) -> Optional[Tensor]:
         """The call's ``attn_mask`` ((L, L) or (B * H, L, L), bool True = blocked, or additive)
         as one additive ``(B or 1, 1, L, L)`` mask."""
-        mask = kwargs.get("attn_mask", args[1] if len(args) > 1 else None)
+        mask = additive_mask(kwargs.get("attn_mask", args[1] if len(args) > 1 else None), dtype=dtype,
+                             true_blocks=True)
         if mask is None:
             return None
-        if mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
         b, n = x.shape[:2]
         mask = mask.to(dtype)
         return mask.view(1, 1, n, n) if mask.dim() == 2 else mask.reshape(b, -1, n, n)[:, :1]
 
-    def attach(self, capture: Capture, *, single_head: bool, start_graph: StartGraph) -> List[RemovableHandle]:
+    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
         m = self.module
         name = first_param(m)
 
         def pre(mod, args, kwargs):
-            capture.calls += 1
-            x = start_graph(first_arg(args, kwargs, name))
+            x, = capture.enter(first_arg(args, kwargs, name))
             if x.dim() != 3:
                 raise ValueError(f"{type(mod).__name__} got input of shape {tuple(x.shape)}; the adapter "
                                  "expects batch-first (B, L, D)")
-            capture.extra["input"] = x
-            q, k, v = F.linear(x, mod.in_proj_weight, mod.in_proj_bias).chunk(3, dim=-1)
-            # the authors' recomputation (single_head) knows one head over the full width and the
-            # raw projections only: per-head norms and scales apply to the model's own heads
-            if not single_head:
-                q = self._per_head(q, getattr(mod, "ln_q", None))
-                k = self._per_head(k, getattr(mod, "ln_k", None))
-                hs = getattr(mod, "head_scale", None)
-                if hs is not None:  # (H, 1, 1): scales each head's attention output, so its values
-                    b, n, d = v.shape
-                    v = (v.view(b, n, self.num_heads, -1) * hs.view(1, 1, self.num_heads, 1).to(v.dtype)).reshape(b, n, d)
-            capture.query, capture.key, capture.value = q, k, v
-            capture.mask, capture.is_causal = self._mask(args, kwargs, x, q.dtype), False
+            capture.layer_input = x
+            capture.query, capture.key, capture.value = self._qkv(mod, x, single_head)
+            capture.mask = self._mask(args, kwargs, x, capture.query.dtype)
             return replace_first_arg(args, kwargs, name, x)
 
         def before_out_proj(mod, args):
-            capture.grad_source = args[0]
+            capture.o = args[0]
 
         def after(mod, args, kwargs, output):
-            capture.extra["attn_out"] = output
+            capture.attn_out = output
             if not single_head:
                 return None
-            o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
-                                      mask=capture.mask, is_causal=False)
-            capture.grad_source = o
-            out = F.linear(o, mod.out_proj.weight, mod.out_proj.bias)
-            capture.extra["attn_out"] = out
-            return out
+            capture.o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
+                                              mask=capture.mask)
+            capture.attn_out = F.linear(capture.o, mod.out_proj.weight, mod.out_proj.bias)
+            return capture.attn_out
 
         return [m.register_forward_pre_hook(pre, with_kwargs=True),
                 m.out_proj.register_forward_pre_hook(before_out_proj),
                 m.register_forward_hook(after, with_kwargs=True)]
+
+    def _qkv(self, mod: nn.Module, x: Tensor, single_head: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        """``q, k, v`` ``(B, L, D)`` as the module computes them. The authors' recomputation
+        (``single_head``) knows one head over the full width and the raw projections only:
+        per-head norms and scales apply to the model's own heads."""
+        q, k, v = F.linear(x, mod.in_proj_weight, mod.in_proj_bias).chunk(3, dim=-1)
+        if single_head:
+            return q, k, v
+        q = self._per_head(q, getattr(mod, "ln_q", None))
+        k = self._per_head(k, getattr(mod, "ln_k", None))
+        hs = getattr(mod, "head_scale", None)
+        if hs is not None:  # (H, 1, 1): scales each head's attention output, so its values
+            b, n, d = v.shape
+            v = (v.view(b, n, self.num_heads, -1) * hs.view(1, 1, self.num_heads, 1).to(v.dtype)).reshape(b, n, d)
+        return q, k, v

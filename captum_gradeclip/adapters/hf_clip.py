@@ -7,23 +7,26 @@ attention backend (eager, sdpa, flash): the backends differ only between the pro
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .._core.functional import single_head_attention
-from .base import AttentionAdapter, Capture, StartGraph, first_arg, is_linear, replace_first_arg
+from .._core.functional import additive_mask, causal_mask, single_head_attention
+from .base import AttentionAdapter, Capture, first_arg, is_linear, replace_first_arg
 
 
-def _combined_mask(kwargs: dict):
-    """The additive/bool attention mask of a call (transformers 4.x passes the causal part as
-    ``causal_attention_mask``; 5.x folds it into ``attention_mask`` or sets ``is_causal``)."""
-    mask = kwargs.get("attention_mask")
+def _model_mask(kwargs: dict, mod: nn.Module, x: Tensor) -> Optional[Tensor]:
+    """The call's attention mask in the one convention (additive, causal folded in):
+    transformers 4.x passes the causal part as ``causal_attention_mask``; 5.x folds it into
+    ``attention_mask`` (additive, or bool under sdpa) or sets ``is_causal``."""
+    mask = additive_mask(kwargs.get("attention_mask"), dtype=x.dtype, true_blocks=False)
     causal = kwargs.get("causal_attention_mask")
     if causal is not None:
         mask = causal if mask is None else mask + causal
+    if bool(kwargs.get("is_causal", getattr(mod, "is_causal", False))):
+        mask = causal_mask(mask, x.shape[1], dtype=x.dtype, device=x.device)
     return mask
 
 
@@ -53,15 +56,13 @@ class QKVOutProjAdapter(AttentionAdapter):
             )
         return int(heads)
 
-    def attach(self, capture: Capture, *, single_head: bool, start_graph: StartGraph) -> List[RemovableHandle]:
+    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
         m = self.module
 
         def pre(mod, args, kwargs):
-            capture.calls += 1
-            capture.mask = _combined_mask(kwargs)
-            capture.is_causal = bool(kwargs.get("is_causal", getattr(mod, "is_causal", False)))
-            x = start_graph(first_arg(args, kwargs, "hidden_states"))
-            capture.extra["input"] = x  # (B, L, D), for token Grad-CAM
+            x, = capture.enter(first_arg(args, kwargs, "hidden_states"))
+            capture.mask = _model_mask(kwargs, mod, x)
+            capture.layer_input = x
             return replace_first_arg(args, kwargs, "hidden_states", x)
 
         def setter(name):
@@ -70,30 +71,22 @@ class QKVOutProjAdapter(AttentionAdapter):
             return hook
 
         def before_out_proj(mod, args):
-            capture.grad_source = args[0]
+            capture.o = args[0]
 
         def after(mod, args, output):
-            capture.extra["attn_out"] = output[0] if isinstance(output, tuple) else output
+            capture.attn_out = output[0] if isinstance(output, tuple) else output
 
-        handles = [
+        def replace(mod, args, output):
+            capture.o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
+                                              mask=capture.mask)
+            capture.attn_out = F.linear(capture.o, mod.out_proj.weight, mod.out_proj.bias)
+            return (capture.attn_out,) + tuple(output[1:]) if isinstance(output, tuple) else capture.attn_out
+
+        return [
             m.register_forward_pre_hook(pre, with_kwargs=True),
             m.q_proj.register_forward_hook(setter("query")),
             m.k_proj.register_forward_hook(setter("key")),
             m.v_proj.register_forward_hook(setter("value")),
             m.out_proj.register_forward_pre_hook(before_out_proj),
+            m.register_forward_hook(replace if single_head else after),
         ]
-        if single_head:
-            def replace(mod, args, kwargs, output):
-                o = single_head_attention(
-                    query=capture.query, key=capture.key, value=capture.value,
-                    mask=capture.mask, is_causal=capture.is_causal,
-                )
-                capture.grad_source = o
-                out = F.linear(o, mod.out_proj.weight, mod.out_proj.bias)
-                capture.extra["attn_out"] = out
-                return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
-
-            handles.append(m.register_forward_hook(replace, with_kwargs=True))
-        else:
-            handles.append(m.register_forward_hook(after))
-        return handles

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .._core.functional import single_head_attention
-from .base import AttentionAdapter, Capture, StartGraph, first_param, is_linear
+from .._core.functional import additive_mask, single_head_attention
+from .base import AttentionAdapter, Capture, first_param, is_linear
 
 
 def _mha_weights(m: nn.Module) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
@@ -31,22 +31,16 @@ def _mha_weights(m: nn.Module) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]
 
 
 def _mha_mask(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor], batch: int, heads: int,
-              length: int, src: int, dtype) -> Optional[Tensor]:
-    """MHA's masks (bool: True = *blocked*; or additive) -> one additive ``(B, 1, L, S)`` mask."""
-    out = None
-    if attn_mask is not None:
-        m = attn_mask
-        if m.dtype == torch.bool:
-            m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
-        m = m.to(dtype)
-        m = m.view(1, 1, length, src) if m.dim() == 2 else m.view(batch, heads, length, src)[:, :1]
-        out = m
-    if key_padding_mask is not None:
-        k = key_padding_mask
-        if k.dtype == torch.bool:
-            k = torch.zeros(k.shape, dtype=dtype, device=k.device).masked_fill(k, float("-inf"))
-        k = k.to(dtype).view(batch, 1, 1, src)
-        out = k if out is None else out + k
+              length: int, src: int, dtype: torch.dtype) -> Optional[Tensor]:
+    """MHA's masks (bool: True = *blocked*; or additive) -> one additive ``(B or 1, 1, L, S)`` mask."""
+    out = additive_mask(attn_mask, dtype=dtype, true_blocks=True)
+    if out is not None:
+        out = out.to(dtype)
+        out = out.view(1, 1, length, src) if out.dim() == 2 else out.view(batch, heads, length, src)[:, :1]
+    pad = additive_mask(key_padding_mask, dtype=dtype, true_blocks=True)
+    if pad is not None:
+        pad = pad.to(dtype).view(batch, 1, 1, src)
+        out = pad if out is None else out + pad
     return out
 
 
@@ -75,24 +69,14 @@ class MultiheadAttentionAdapter(AttentionAdapter):
     def seq_first(self) -> bool:
         return not bool(getattr(self.module, "batch_first", False))
 
-    def attach(self, capture: Capture, *, single_head: bool, start_graph: StartGraph) -> List[RemovableHandle]:
+    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
         m = self.module
-        batch_first = bool(getattr(m, "batch_first", False))
-
-        def to_bf(x: Tensor) -> Tensor:
-            return x if batch_first else x.transpose(0, 1)
+        names = ("query", "key", "value")
 
         def pre(mod, args, kwargs):
-            capture.calls += 1
-            names = ("query", "key", "value")
-            vals = [kwargs[n] if n in kwargs else args[i] for i, n in enumerate(names)]
-            same = vals[0] is vals[1] and vals[1] is vals[2]
-            if same:
-                new = [start_graph(vals[0])] * 3
-            else:
-                new = [start_graph(v) for v in vals]
-            capture.extra["input"], capture.extra["seq_first"] = new[0], not batch_first
-            q_in, k_in, v_in = (to_bf(t) for t in new)
+            new = capture.enter(*(kwargs[n] if n in kwargs else args[i] for i, n in enumerate(names)))
+            capture.layer_input = new[0]
+            q_in, k_in, v_in = (capture.batch_first(t) for t in new)
             wq, wk, wv, bq, bk, bv = _mha_weights(mod)
             capture.query = F.linear(q_in, wq, bq)
             capture.key = F.linear(k_in, wk, bk)
@@ -100,31 +84,20 @@ class MultiheadAttentionAdapter(AttentionAdapter):
             b, n, s = q_in.shape[0], q_in.shape[1], k_in.shape[1]
             capture.mask = _mha_mask(kwargs.get("attn_mask"), kwargs.get("key_padding_mask"), b,
                                      mod.num_heads, n, s, capture.query.dtype)
-            capture.is_causal = False
             pos = len(args)
-            args = tuple(new[:pos])
-            kwargs = {**kwargs, **{n: new[i] for i, n in enumerate(names) if i >= pos}}
-            return args, kwargs
+            return tuple(new[:pos]), {**kwargs, **{n: new[i] for i, n in enumerate(names) if i >= pos}}
 
         def post(mod, args, kwargs, output):
-            out = output[0] if isinstance(output, tuple) else output
             if single_head:
-                o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
-                                          mask=capture.mask, is_causal=False)
-                capture.grad_source, capture.to_o_grad = o, None
-                new = F.linear(o, mod.out_proj.weight, mod.out_proj.bias)
-                new = new if batch_first else new.transpose(0, 1)
-                capture.extra["attn_out"] = new
-                return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
-            capture.grad_source = out
-            capture.extra["attn_out"] = out
+                capture.o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
+                                                  mask=capture.mask)
+                new = F.linear(capture.o, mod.out_proj.weight, mod.out_proj.bias)
+                capture.attn_out = new.transpose(0, 1) if capture.seq_first else new
+                return (capture.attn_out,) + tuple(output[1:]) if isinstance(output, tuple) else capture.attn_out
+            out = output[0] if isinstance(output, tuple) else output
+            capture.o = capture.attn_out = out
             w_out = mod.out_proj.weight
-
-            def to_o_grad(g: Tensor) -> Tensor:
-                g = g if batch_first else g.transpose(-3, -2)
-                return g @ w_out.to(g.dtype)
-
-            capture.to_o_grad = to_o_grad
+            capture.o_grad = lambda g: capture.batch_first(g) @ w_out.to(g.dtype)
             return None
 
         return [m.register_forward_pre_hook(pre, with_kwargs=True),
@@ -156,12 +129,11 @@ class AttentionPool2dAdapter(AttentionAdapter):
     def num_heads(self) -> int:
         return int(self.module.num_heads)
 
-    def attach(self, capture: Capture, *, single_head: bool, start_graph: StartGraph) -> List[RemovableHandle]:
+    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
         m = self.module
 
         def pre(mod, args):
-            capture.calls += 1
-            x = start_graph(args[0])
+            x, = capture.enter(args[0])
             n, c, h, w = x.shape
             t = x.flatten(2).transpose(1, 2)  # (N, HW, C)
             t = torch.cat([t.mean(dim=1, keepdim=True), t], dim=1)
@@ -169,25 +141,19 @@ class AttentionPool2dAdapter(AttentionAdapter):
             capture.query = F.linear(t, mod.q_proj.weight, mod.q_proj.bias)
             capture.key = F.linear(t, mod.k_proj.weight, mod.k_proj.bias)
             capture.value = F.linear(t, mod.v_proj.weight, mod.v_proj.bias)
-            capture.mask, capture.is_causal = None, False
-            capture.extra["grid"] = (h, w)
+            capture.grid = (h, w)
             return (x,) + tuple(args[1:])
 
         def post(mod, args, output):
             length = capture.value.shape[1]
             if single_head:
-                o = single_head_attention(query=capture.query[:, :1], key=capture.key, value=capture.value,
-                                          mask=None, is_causal=False)
-                capture.grad_source = o  # (N, 1, C): the pooled row
-                capture.to_o_grad = lambda g: _pad_rows(g[..., 0, :], length)
+                o = single_head_attention(query=capture.query[:, :1], key=capture.key, value=capture.value, mask=None)
+                capture.o = o  # (N, 1, C): the pooled row
+                capture.o_grad = lambda g: _pad_rows(g[..., 0, :], length)
                 return F.linear(o[:, 0], mod.c_proj.weight, mod.c_proj.bias)
-            capture.grad_source = output
+            capture.o = output
             w_c = mod.c_proj.weight
-
-            def to_o_grad(g: Tensor) -> Tensor:
-                return _pad_rows(g @ w_c.to(g.dtype), length)  # (*, N, C) -> (*, N, L, C)
-
-            capture.to_o_grad = to_o_grad
+            capture.o_grad = lambda g: _pad_rows(g @ w_c.to(g.dtype), length)  # (*, N, C) -> (*, N, L, C)
             return None
 
         return [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]

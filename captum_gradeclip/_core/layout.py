@@ -1,0 +1,236 @@
+"""Token layouts: what differs between explaining an image tower and a text tower.
+
+A layout says, for the tokens of an explained layer, which one is pooled (the row whose
+attention is explained), which ones the map covers, and how the ``(K, B, L)`` token maps become
+what the user gets (a patch grid, or one value per word). The methods never ask which tower they
+run on; they read a :class:`LayerTokens`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..adapters import Capture
+from .functional import allowed_keys
+
+
+def _zero_outside(keep: Tensor, x: Tensor) -> Tensor:
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+@dataclass
+class LayerTokens:
+    """One explained layer, as a method sees it.
+
+    Attributes:
+        capture: what the adapter recorded (``query, key, value`` ``(B, L, D)``...).
+        pooled: ``(B,)`` long, the pooled token of each example.
+        scored: ``(B, L)`` bool, the tokens the map covers.
+        attended: ``(B, L)`` bool, the keys the pooled token attends to in the model.
+        grid: ``(h, w)`` of an image map, else ``None``.
+        grads: the score's gradients, one ``(K, *source.shape)`` per gradient source of the
+            method (``None`` for gradient-free methods and when ``pooled_o_grad`` is given).
+        pooled_o_grad: ``(K, B, D)`` ``dS/do`` at the pooled rows, where the block-tail shortcut
+            computed it.
+    """
+
+    capture: Capture
+    pooled: Tensor
+    scored: Tensor
+    attended: Tensor
+    grid: Optional[Tuple[int, int]] = None
+    grads: Optional[List[Tensor]] = None
+    pooled_o_grad: Optional[Tensor] = None
+
+    def o_grad(self) -> Tensor:
+        """``(K, B, L, D)``: ``dS/do`` at every token."""
+        return self.capture.o_gradient(self.grads[0])
+
+    def channel_weights(self) -> Tensor:
+        """``(K, B, D)``: ``w_c = dS/do_pool,c``, the gradient at the pooled token."""
+        if self.pooled_o_grad is not None:
+            return self.pooled_o_grad
+        return self.at_pooled(self.o_grad())
+
+    def at_pooled(self, x: Tensor) -> Tensor:
+        """``(*, B, L, C)`` -> ``(*, B, C)``: each example's row at its pooled token (token
+        features, or the pooled query's row of an ``(L, L)`` attention matrix)."""
+        return x[..., self._rows(), self.pooled, :]
+
+    def only_scored(self, x: Tensor) -> Tensor:
+        """``x (*, B, L)`` with the tokens outside the map set to zero."""
+        return _zero_outside(self.scored, x)
+
+    def _rows(self) -> Tensor:
+        return torch.arange(self.pooled.shape[0], device=self.pooled.device)
+
+
+class TokenLayout:
+    """Any transformer tower: token 0 is pooled, the map covers every other token and is returned
+    per token: ``attribute -> (B, L)``, ``attribute_all -> (B, K, L)``."""
+
+    #: Grad-ECLIP's rule for several layers: ReLU on each layer's map then sum (False), or sum
+    #: the signed maps then ReLU (True, the text tower's rule)
+    sum_before_relu: bool = False
+
+    def check(self, inputs: Tuple[Tensor, ...]) -> None:
+        """Raise ``TypeError``/``ValueError`` for inputs this layout cannot explain."""
+        if not inputs or not torch.is_tensor(inputs[0]):
+            raise TypeError("inputs must be a tensor or a tuple of tensors")
+        if inputs[0].shape[0] == 0:
+            raise ValueError("inputs hold an empty batch (N = 0); pass at least one example")
+
+    def pooled(self, inputs: Tuple[Tensor, ...], capture: Capture) -> Tensor:
+        """``(B,)`` long: the pooled token of each example."""
+        return torch.zeros(capture.value.shape[0], dtype=torch.long, device=capture.value.device)
+
+    def scored(self, inputs: Tuple[Tensor, ...], pooled: Tensor, capture: Capture,
+               grid: Optional[Tuple[int, int]]) -> Tensor:
+        """``(B, L)`` bool: the tokens the map covers (min-max normalisation runs over them)."""
+        b, n = capture.value.shape[:2]
+        s = torch.ones(b, n, dtype=torch.bool, device=capture.value.device)
+        s[torch.arange(b), pooled] = False
+        return s
+
+    def grid(self, inputs: Tuple[Tensor, ...], capture: Capture) -> Optional[Tuple[int, int]]:
+        """``(h, w)`` of an image map, or ``None``."""
+        return None
+
+    def tokens(self, inputs: Tuple[Tensor, ...], capture: Capture) -> LayerTokens:
+        """The :class:`LayerTokens` of one captured layer (without gradients yet)."""
+        grid = self.grid(inputs, capture)
+        pooled = self.pooled(inputs, capture)
+        return LayerTokens(capture=capture, pooled=pooled, scored=self.scored(inputs, pooled, capture, grid),
+                           attended=allowed_keys(capture.mask, pooled, capture.value.shape[1]), grid=grid)
+
+    def finalize(self, maps: Tensor, tokens: LayerTokens) -> Tensor:
+        """``(K, B, L)`` token maps -> ``(K, B, *S)`` output maps."""
+        return maps
+
+    def single(self, maps: Tensor) -> Tensor:
+        """``(1, B, *S)`` -> what ``attribute`` returns."""
+        return maps[0]
+
+
+class ImageLayout(TokenLayout):
+    """An image tower: the class token (or a ResNet's mean token) is pooled; the map covers the
+    patch tokens (the last ``h * w``) on the grid ``(H / p, W / p)`` of the input's height and
+    width (or the attention pool's feature map): ``attribute -> (N, 1, h, w)``,
+    ``attribute_all -> (N, K, h, w)``.
+
+    Args:
+        forward_func: read for ``patch_size``, ``pooled_token`` and ``image_pool``
+            (see :class:`~captum_gradeclip._core.protocols.ImageScoreFunction`).
+        patch_size: overrides ``forward_func.patch_size``.
+
+    Raises:
+        ValueError: the forward function says its tower pools no single token.
+    """
+
+    def __init__(self, forward_func: Any, patch_size: Any = None) -> None:
+        if hasattr(forward_func, "pooled_token") and forward_func.pooled_token is None:
+            raise ValueError(
+                f"the image tower pools with {getattr(forward_func, 'image_pool', 'no single token')!r}, "
+                "not a class token: Grad-ECLIP explains the pooled token's attention row. Use a "
+                "model that pools the class token, or a method without that assumption (e.g. "
+                "captum_gradeclip.baselines or Captum's LayerGradCam)"
+            )
+        self.patch_size = patch_size if patch_size is not None else getattr(forward_func, "patch_size", None)
+
+    def _patch(self) -> Optional[Tuple[int, int]]:
+        p = self.patch_size
+        return None if p is None else ((p, p) if isinstance(p, int) else tuple(p))
+
+    def check(self, inputs: Tuple[Tensor, ...]) -> None:
+        super().check(inputs)
+        x = inputs[0]
+        if x.dim() != 4:
+            raise ValueError(f"pixel_values must have shape (N, C, H, W), got a tensor of rank {x.dim()} "
+                             f"and shape {tuple(x.shape)}")
+        p = self._patch()
+        if p is not None and (x.shape[-2] % p[0] or x.shape[-1] % p[1]):
+            raise ValueError(
+                f"image size {tuple(x.shape[-2:])} is not a multiple of the patch size {self.patch_size}; "
+                "resize or crop the image (e.g. with the model's processor)"
+            )
+
+    def grid(self, inputs: Tuple[Tensor, ...], capture: Capture) -> Tuple[int, int]:
+        if capture.grid is not None:
+            return capture.grid
+        p = self._patch()
+        if p is None:
+            raise ValueError("cannot tell the patch grid: pass patch_size= to ImageGradECLIP, or use a "
+                             "forward function with a `patch_size` attribute (ImageTextSimilarity has one)")
+        h, w = inputs[0].shape[-2] // p[0], inputs[0].shape[-1] // p[1]
+        if h * w > capture.value.shape[1]:
+            raise ValueError(f"the explained layer has {capture.value.shape[1]} tokens, fewer than the "
+                             f"{h} x {w} patch grid of a {tuple(inputs[0].shape[-2:])} image with patch "
+                             f"size {self.patch_size}: is patch_size right?")
+        return h, w
+
+    def scored(self, inputs, pooled, capture, grid):
+        b, n = capture.value.shape[:2]
+        s = torch.zeros(b, n, dtype=torch.bool, device=capture.value.device)
+        s[:, n - grid[0] * grid[1]:] = True
+        return s
+
+    def finalize(self, maps: Tensor, tokens: LayerTokens) -> Tensor:
+        h, w = tokens.grid
+        return maps[..., maps.shape[-1] - h * w:].unflatten(-1, (h, w))
+
+    def single(self, maps: Tensor) -> Tensor:
+        return maps[0].unsqueeze(1)
+
+
+class TextLayout(TokenLayout):
+    """A text tower: the EOS token is pooled; the map covers SOS through EOS (as the authors
+    normalise) and is returned per word, zero at SOS, EOS and after EOS (padding):
+    ``attribute -> (T, L)``, ``attribute_all -> (T, K, L)``. Several layers: the signed maps are
+    summed, then the ReLU.
+
+    Args:
+        forward_func: read for ``eos_positions(input_ids)``
+            (see :class:`~captum_gradeclip._core.protocols.TextScoreFunction`).
+        eos_token_id: without that method, EOS is the first occurrence of this id, or (``None``)
+            the argmax of the ids (OpenAI CLIP's convention).
+    """
+
+    sum_before_relu = True
+
+    def __init__(self, forward_func: Any, eos_token_id: Optional[int] = None) -> None:
+        self.forward_func, self.eos_token_id = forward_func, eos_token_id
+
+    def eos(self, input_ids: Tensor) -> Tensor:
+        """``(T, L) -> (T,)``: where each text is pooled. Raises ``ValueError`` for no EOS."""
+        fn = getattr(self.forward_func, "eos_positions", None)
+        if fn is not None:
+            return fn(input_ids)
+        from ..forward import eos_positions
+
+        return eos_positions(input_ids, self.eos_token_id)
+
+    def check(self, inputs: Tuple[Tensor, ...]) -> None:
+        super().check(inputs)
+        ids = inputs[0]
+        if ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (T, L), got a tensor of rank {ids.dim()} and "
+                             f"shape {tuple(ids.shape)}")
+        if ids.is_floating_point():
+            raise TypeError(f"input_ids must be integer token ids, got dtype {ids.dtype}")
+        self.eos(ids)  # raises for texts without EOS
+
+    def pooled(self, inputs, capture):
+        return self.eos(inputs[0]).to(capture.value.device)
+
+    def scored(self, inputs, pooled, capture, grid):
+        n = capture.value.shape[1]
+        return torch.arange(n, device=pooled.device)[None, :] <= pooled[:, None]
+
+    def finalize(self, maps: Tensor, tokens: LayerTokens) -> Tensor:
+        pos = torch.arange(maps.shape[-1], device=maps.device)[None, :]
+        words = (pos > 0) & (pos < tokens.pooled[:, None].to(maps.device))
+        return _zero_outside(words, maps)
