@@ -1,0 +1,69 @@
+"""The ``benchmark`` command: its flags, their checks, and which protocol runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .._io import CLIError
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Fill in ``--n`` and reject flags that do not go together.
+
+    Raises:
+        CLIError: ``--model`` with ``--open-clip``, ``--open-clip`` without a folder, or only one
+            of ``--images`` and ``--prompts``.
+    """
+    from ..models import check_choice
+
+    if args.quick:
+        args.n = args.n or 12
+    args.n = args.n or 100
+    check_choice(args.model, args.open_clip)
+    if args.open_clip and not args.images:
+        raise CLIError("--open-clip runs the folder benchmark: give --images and --prompts too")
+    if (args.images or args.prompts) and not (args.images and args.prompts):
+        raise CLIError("--images and --prompts go together")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    """Run the folder protocol (``--images``, ``--prompts``) or the ShapesCLIP one, and write
+    ``benchmark.json``, ``.md`` and ``.png`` to ``--out-dir``."""
+    from .memory import add_peak_memory
+    from .protocols import run_folder, run_shapes
+    from .report import save
+
+    _check(args)
+    if args.images:
+        res = run_folder(args)
+    else:
+        res = run_shapes(args)
+        if not args.no_memory:
+            add_peak_memory(res, args.model)
+    out = Path(args.out_dir)
+    md = save(res, out)
+    print()
+    print(md)
+    print(f"\nwrote {out / 'benchmark.json'}, {out / 'benchmark.md'}, {out / 'benchmark.png'}")
+
+
+def add_parser(sub: "argparse._SubParsersAction") -> None:
+    """Add the ``benchmark`` command to the ``captum-gradeclip`` subcommands ``sub``."""
+    b = sub.add_parser("benchmark", help="compare Grad-ECLIP with baselines (ShapesCLIP, or any CLIP on images)")
+    b.add_argument("--quick", action="store_true", help="12 scenes: a few minutes on 2 CPU cores")
+    b.add_argument("--n", type=int, default=None, help="scenes (ShapesCLIP) or images (folder); default 100")
+    b.add_argument("--step", type=float, default=0.005, help="share of pixels per deletion/insertion step")
+    b.add_argument("--replacement", default="noise", choices=["noise", "black", "blur", "mean"])
+    b.add_argument("--word-replacement", default=".", help="token replacing deleted words")
+    b.add_argument("--methods", nargs="*", default=None, help="only methods whose name contains one of these")
+    b.add_argument("--batch", type=int, default=16, help="examples explained per call")
+    b.add_argument("--examples", type=int, default=1)
+    b.add_argument("--model", default=None, help="hub name or folder (default: ShapesCLIP)")
+    b.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]",
+                   help="an open_clip model for the folder benchmark (needs the open_clip extra)")
+    b.add_argument("--images", default=None, help="folder of images (faithfulness only)")
+    b.add_argument("--prompts", default=None, help="text file, one prompt per line")
+    b.add_argument("--out-dir", default="benchmark_out")
+    b.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
+    b.set_defaults(func=cmd_benchmark)

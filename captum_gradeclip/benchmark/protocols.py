@@ -1,0 +1,220 @@
+"""The benchmark's two data protocols and their shared scoring.
+
+- :func:`run_shapes`: held-out ShapesCLIP scenes with object masks: localisation, faithfulness
+  and text-side word deletion.
+- :func:`run_folder`: any CLIP on a folder of images and a prompt file: faithfulness only, each
+  image explained for the prompt the model ranks first.
+
+Both return ``{"protocol": ..., "image": {method: {metric key: value}}, "text": {...}, ...}``
+with the metric keys of :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Tuple
+
+import torch
+
+from .methods import image_methods, select, text_methods
+from .report import (
+    DELETION,
+    DELETION_ACC,
+    ENERGY_POINTING,
+    FAITHFULNESS,
+    INSERTION,
+    INSERTION_ACC,
+    MS_PER_EXPLANATION,
+    POINTING,
+    WORD_DELETION,
+    WORD_DELETION_NORMALISED,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor, nn
+
+    from ..models import LoadedCLIP
+    from .methods import ImageMethod
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def faithfulness(sim: "nn.Module", pixels: "Tensor", maps: "Tensor", targets: "Tensor",
+                 args: argparse.Namespace) -> Dict[str, "Tensor"]:
+    """Deletion and insertion AUCs (of the score and of zero-shot accuracy) of ``maps``.
+
+    Args:
+        sim: ``pixels -> (N, T)``. pixels: ``(N, 3, H, W)``. maps: ``(N, 1, h, w)``.
+        targets: ``(N,)``. args: with ``step`` and ``replacement``.
+
+    Returns:
+        metric key of :data:`~.report.FAITHFULNESS` -> ``(N,)``.
+    """
+    from ..metrics import deletion, insertion
+
+    kw = dict(step=args.step, replacement=args.replacement, accuracy=True)
+    d = deletion(sim, pixels, maps, targets, **kw)
+    i = insertion(sim, pixels, maps, targets, **kw)
+    return {DELETION.key: d.auc, INSERTION.key: i.auc, DELETION_ACC.key: d.accuracy_auc,
+            INSERTION_ACC.key: i.accuracy_auc}
+
+
+# ---- ShapesCLIP --------------------------------------------------------------------------------
+
+
+def shapes_items(n_scenes: int, seed_start: int = 0) -> List[dict]:
+    """One item per object of the scenes with seeds ``seed_start ...``: ``scene`` (its seed),
+    ``image`` (PIL), ``target`` (the index of its prompt in ``all_prompts()``), ``mask``
+    ``(H, W)`` bool, ``prompt``."""
+    from ..shapes import all_prompts, render_scene
+
+    index = {p: i for i, p in enumerate(all_prompts())}
+    items = []
+    for s in range(seed_start, seed_start + n_scenes):
+        sc = render_scene(seed=s)
+        for k, obj in enumerate(sc.objects):
+            items.append(dict(scene=s, image=sc.image, target=index[obj.prompt], mask=sc.masks[k], prompt=obj.prompt))
+    return items
+
+
+def _explain_in_batches(fn: "ImageMethod", pixels: "Tensor", targets: "Tensor", batch: int) -> Tuple["Tensor", float]:
+    """``(maps (N, 1, h, w), seconds)`` of ``fn`` over ``pixels (N, 3, H, W)``, ``batch`` at a time."""
+    maps, t0 = [], time.perf_counter()
+    for s in range(0, len(pixels), batch):
+        maps.append(fn(pixels[s:s + batch], targets[s:s + batch]).detach().float())
+    return torch.cat(maps), time.perf_counter() - t0
+
+
+def _score_shapes(sim, pixels, maps, targets, masks, seconds: float, args) -> Dict[str, float]:
+    """Localisation against ``masks (N, H, W)``, faithfulness and time of one method's ``maps``."""
+    from ..metrics import energy_pointing_game, pointing_game
+
+    faith = faithfulness(sim, pixels, maps, targets, args)
+    return {POINTING.key: pointing_game(maps, masks).float().mean().item(),
+            ENERGY_POINTING.key: energy_pointing_game(maps, masks).mean().item(),
+            **{m.key: faith[m.key].mean().item() for m in FAITHFULNESS},
+            MS_PER_EXPLANATION.key: 1000 * seconds / len(pixels)}
+
+
+def _shapes_image_side(clip: "LoadedCLIP", items: List[dict], pixels: "Tensor", args) -> Tuple[dict, dict]:
+    """``(results, example maps)``: every image method on every item, for its own prompt among all
+    single-object prompts."""
+    from ..shapes import all_prompts
+
+    targets = torch.tensor([it["target"] for it in items])
+    masks = torch.stack([it["mask"] for it in items])
+    sim = clip.image_similarity(*clip.tokens(all_prompts()))
+    results, examples = {}, {}
+    for name, fn in select(image_methods(clip, sim), args.methods).items():
+        maps, seconds = _explain_in_batches(fn, pixels, targets, args.batch)
+        r = results[name] = _score_shapes(sim, pixels, maps, targets, masks, seconds, args)
+        examples[name] = maps[: args.examples]
+        print(f"  {name:52s} {seconds:6.1f}s  pointing {r[POINTING.key]:.3f}  "
+              f"deletion {r[DELETION.key]:.4f}  insertion {r[INSERTION.key]:.4f}", flush=True)
+    return results, examples
+
+
+def _captions(items: List[dict], pixels: "Tensor") -> Tuple[List[str], List["Tensor"]]:
+    """A caption of the first two objects of each scene with two or more, and its image ``(3, H, W)``."""
+    caps, imgs = [], []
+    for s in sorted({it["scene"] for it in items}):
+        objs = [it for it in items if it["scene"] == s]
+        if len(objs) >= 2:
+            caps.append(f"{objs[0]['prompt']} and {objs[1]['prompt']}")
+            imgs.append(pixels[items.index(objs[0])])
+    return caps, imgs
+
+
+def _shapes_text_side(clip: "LoadedCLIP", caps: List[str], imgs: List["Tensor"], args) -> dict:
+    """Word deletion of every text method on each caption, explained against its own image."""
+    from ..metrics import word_deletion
+
+    tsim = clip.text_similarity(torch.stack(imgs))
+    ids, am = clip.tokens(caps)
+    pos = torch.arange(ids.shape[1])[None]
+    words = (pos > 0) & (pos < tsim.eos_positions(ids)[:, None])
+    repl = clip.tokenizer.convert_tokens_to_ids(args.word_replacement)
+    tgt = torch.arange(len(caps))
+    results = {}
+    for name, fn in text_methods(clip, tsim).items():
+        t0 = time.perf_counter()
+        attr = torch.cat([fn(ids[i:i + 1], int(tgt[i]), am[i:i + 1]).detach().float() for i in range(len(caps))])
+        elapsed = time.perf_counter() - t0
+        wd = word_deletion(tsim, ids, attr, tgt, replacement_id=repl, words=words, additional_forward_args=(am,))
+        results[name] = {WORD_DELETION.key: wd.auc.mean().item(),
+                         WORD_DELETION_NORMALISED.key: wd.normalized_auc.mean().item(),
+                         MS_PER_EXPLANATION.key: 1000 * elapsed / len(caps)}
+    return results
+
+
+def run_shapes(args: argparse.Namespace) -> dict:
+    """The ShapesCLIP protocol on ``args.n`` scenes (``args.model``: another ShapesCLIP checkpoint)."""
+    from ..models import load_shapes
+
+    torch.manual_seed(0)
+    clip = load_shapes(args.model)
+    items = shapes_items(args.n)
+    pixels = clip.pixels([it["image"] for it in items])
+    results, examples = _shapes_image_side(clip, items, pixels, args)
+    caps, imgs = _captions(items, pixels)
+    text_results = _shapes_text_side(clip, caps, imgs, args) if caps else {}
+    return dict(protocol="shapes", scenes=args.n, items=len(items), captions=len(caps), step=args.step,
+                replacement=args.replacement, image=results, text=text_results,
+                _examples=dict(maps=examples, image=items[0]["image"], prompt=items[0]["prompt"],
+                               mask=items[0]["mask"]))
+
+
+# ---- any CLIP, any images ----------------------------------------------------------------------
+
+
+def _folder_inputs(args: argparse.Namespace) -> Tuple[List[str], List[Path]]:
+    """``(prompts, image files)`` of ``--prompts`` and ``--images`` (the first ``--n`` files).
+
+    Raises:
+        CLIError: no such folder or prompt file, or no images in the folder.
+    """
+    from .._io import CLIError
+
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise CLIError(f"--images must be a folder of images, got {args.images}")
+    if not args.prompts or not Path(args.prompts).is_file():
+        raise CLIError("--prompts must be a text file with one prompt per line")
+    prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if args.n:
+        files = files[: args.n]
+    if not files:
+        raise CLIError(f"no images (.png, .jpg, ...) in {folder}")
+    return prompts, files
+
+
+def run_folder(args: argparse.Namespace) -> dict:
+    """The folder protocol: ``args.model`` / ``args.open_clip`` on ``args.images`` and ``args.prompts``."""
+    from tqdm.auto import tqdm
+
+    from .._io import open_image
+    from ..models import load
+
+    prompts, files = _folder_inputs(args)
+    clip = load(args.model, args.open_clip)
+    sim = clip.image_similarity(*clip.tokens(prompts))
+    methods = select(image_methods(clip, sim), args.methods)
+    scores = {name: {m.key: [] for m in FAITHFULNESS} for name in methods}
+    seconds = dict.fromkeys(methods, 0.0)
+    for f in tqdm(files, desc="images"):
+        px = clip.pixels([open_image(str(f))])
+        with torch.no_grad():
+            t = sim(px).argmax(1)
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            m = fn(px, t).detach().float()
+            seconds[name] += time.perf_counter() - t0
+            for key, v in faithfulness(sim, px, m, t, args).items():
+                scores[name][key].append(v.item())
+    res = {name: {**{k: sum(v) / len(v) for k, v in s.items()},
+                  MS_PER_EXPLANATION.key: 1000 * seconds[name] / len(files)} for name, s in scores.items()}
+    return dict(protocol="folder", images=len(files), prompts=len(prompts), step=args.step,
+                replacement=args.replacement, image=res, text={})
