@@ -99,7 +99,7 @@ def test_unsupported_towers(monkeypatch):
     del model.transformer  # e.g. a Hugging Face text tower inside open_clip
     clip = wrap_open_clip(model, _preprocess, _Tokenizer())
     with pytest.raises(ModelError, match="text tower is not an open_clip transformer"):
-        clip.text_layers
+        _ = clip.text_layers
 
 
 def test_cli_explain_with_fake_open_clip(monkeypatch, tmp_path):

@@ -18,6 +18,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +26,13 @@ import torch.nn.functional as F
 from .model import CLIP_MEAN, CLIP_STD, WEIGHTS_DIR, build_config, build_processor
 from .scenes import all_prompts, render_scene
 
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import CLIPModel
+
 TRAIN_SEED_OFFSET = 1_000_000
 
 
-def scenes_to_pixels(images) -> torch.Tensor:
+def scenes_to_pixels(images: Sequence[Any]) -> torch.Tensor:
     """PIL 64 px images -> normalised ``(N, 3, 64, 64)`` float tensor (the processor's result)."""
     import numpy as np
 
@@ -50,7 +54,7 @@ def _caption(scene, rng: random.Random) -> str:
     return scene.caption(order)
 
 
-def main(argv=None) -> None:
+def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=128)
@@ -60,24 +64,22 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     ap.add_argument("--init", type=Path, default=None,
                     help="continue from this checkpoint (its TRAINING.json chain is kept)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def _build_model(tok, init: Optional[Path]) -> "CLIPModel":
+    """A fresh ShapesCLIP (or the checkpoint ``init``) in train mode, its text tower on sdpa."""
     from transformers import CLIPModel
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = random.Random(args.seed)
-    processor = build_processor()
-    tok = processor.tokenizer
     config = build_config(len(tok), tok.eos_token_id, tok.bos_token_id)
     config.text_config._attn_implementation = "sdpa"
-    model = CLIPModel(config) if args.init is None else CLIPModel.from_pretrained(args.init, local_files_only=True)
+    model = CLIPModel(config) if init is None else CLIPModel.from_pretrained(init, local_files_only=True)
     model.config.text_config._attn_implementation = "sdpa"
-    model.train()
-    prompts = tok(all_prompts(), padding=True, return_tensors="pt")
-    sig_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
-    sig_bias = torch.nn.Parameter(torch.tensor(-5.0))
-    params = list(model.parameters()) + [sig_scale, sig_bias]
+    return model.train()
+
+
+def _optimizer(params: List[torch.nn.Parameter], args: argparse.Namespace) -> Tuple[torch.optim.Optimizer, Any]:
+    """AdamW (weight decay on matrices only) and a linear-warm-up cosine schedule over ``args.steps``."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -88,29 +90,53 @@ def main(argv=None) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
     )
+    return opt, sched
+
+
+def _batch(step: int, args: argparse.Namespace, tok, rng: random.Random) -> Tuple[torch.Tensor, Any, torch.Tensor]:
+    """Training batch ``step``: ``(pixels (B, 3, 64, 64), tokenized captions (B, L), labels (B, P))``
+    where ``labels[i, p]`` is 1 for the prompts ``p`` of the objects in scene ``i``."""
     prompt_index = {p: i for i, p in enumerate(all_prompts())}
+    base = TRAIN_SEED_OFFSET + args.seed * 100_000_000 + step * args.batch
+    scenes = [render_scene(seed=base + i) for i in range(args.batch)]
+    pixels = scenes_to_pixels([s.image for s in scenes])
+    caps = tok([_caption(s, rng) for s in scenes], padding=True, return_tensors="pt")
+    labels = torch.zeros(args.batch, len(prompt_index))
+    for i, s in enumerate(scenes):
+        for p in s.prompts:
+            labels[i, prompt_index[p]] = 1.0
+    return pixels, caps, labels
+
+
+def _losses(model, pixels: torch.Tensor, caps, prompts, labels: torch.Tensor,
+            sig_scale: torch.Tensor, sig_bias: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, nce, sig)``: symmetric InfoNCE on (image, caption) pairs plus 10 x the sigmoid loss
+    of every image against all single-object ``prompts`` (``labels (B, P)`` its positives)."""
+    n = len(pixels)
+    img = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    txt = F.normalize(model.get_text_features(**caps).pooler_output, dim=-1)
+    pro = F.normalize(model.get_text_features(**prompts).pooler_output, dim=-1)
+    logits = model.logit_scale.exp() * img @ txt.t()
+    target = torch.arange(n)
+    # captions shared by several images are positives for each of them
+    same = torch.tensor([[a == b for b in caps.input_ids.tolist()] for a in caps.input_ids.tolist()])
+    logits_t = logits.masked_fill(same & ~torch.eye(n, dtype=torch.bool), -1e4)
+    nce = 0.5 * (F.cross_entropy(logits_t, target) + F.cross_entropy(logits_t.t(), target))
+    sig = F.binary_cross_entropy_with_logits(sig_scale.exp() * img @ pro.t() + sig_bias, labels)
+    return nce + 10 * sig, nce, sig
+
+
+def _train(model, tok, args: argparse.Namespace, rng: random.Random) -> float:
+    """Run ``args.steps`` optimisation steps, logging every 50; returns the start time."""
+    prompts = tok(all_prompts(), padding=True, return_tensors="pt")
+    sig_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+    sig_bias = torch.nn.Parameter(torch.tensor(-5.0))
+    params = list(model.parameters()) + [sig_scale, sig_bias]
+    opt, sched = _optimizer(params, args)
     t0 = time.time()
     for step in range(args.steps):
-        base = TRAIN_SEED_OFFSET + args.seed * 100_000_000 + step * args.batch
-        scenes = [render_scene(seed=base + i) for i in range(args.batch)]
-        pixels = scenes_to_pixels([s.image for s in scenes])
-        caps = tok([_caption(s, rng) for s in scenes], padding=True, return_tensors="pt")
-        labels = torch.zeros(args.batch, len(prompt_index))
-        for i, s in enumerate(scenes):
-            for p in s.prompts:
-                labels[i, prompt_index[p]] = 1.0
-
-        img = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-        txt = F.normalize(model.get_text_features(**caps).pooler_output, dim=-1)
-        pro = F.normalize(model.get_text_features(**prompts).pooler_output, dim=-1)
-        logits = model.logit_scale.exp() * img @ txt.t()
-        target = torch.arange(args.batch)
-        # captions shared by several images are positives for each of them
-        same = torch.tensor([[a == b for b in caps.input_ids.tolist()] for a in caps.input_ids.tolist()])
-        logits_t = logits.masked_fill(same & ~torch.eye(args.batch, dtype=torch.bool), -1e4)
-        nce = 0.5 * (F.cross_entropy(logits_t, target) + F.cross_entropy(logits_t.t(), target))
-        sig = F.binary_cross_entropy_with_logits(sig_scale.exp() * img @ pro.t() + sig_bias, labels)
-        loss = nce + 10 * sig
+        pixels, caps, labels = _batch(step, args, tok, rng)
+        loss, nce, sig = _losses(model, pixels, caps, prompts, labels, sig_scale, sig_bias)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -121,7 +147,12 @@ def main(argv=None) -> None:
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}  nce {nce.item():.4f}  sig {sig.item():.4f}"
                   f"  scale {model.logit_scale.exp().item():.1f}  {time.time() - t0:.0f}s", flush=True)
+    return t0
 
+
+def _save(model, processor, args: argparse.Namespace, t0: float) -> None:
+    """Save the model and processor to ``args.out`` with ``TRAINING.json``: the commands of every
+    training stage (those of ``args.init`` first)."""
     model.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     model.config.text_config._attn_implementation = None
@@ -140,6 +171,18 @@ def main(argv=None) -> None:
     })
     (args.out / "TRAINING.json").write_text(json.dumps(
         {"stages": history, "train_seed_offset": TRAIN_SEED_OFFSET}, indent=2) + "\n")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Train and save ShapesCLIP (see the module docstring for the flags)."""
+    args = _parse(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    processor = build_processor()
+    model = _build_model(processor.tokenizer, args.init)
+    t0 = _train(model, processor.tokenizer, args, rng)
+    _save(model, processor, args, t0)
     print(f"saved to {args.out}")
 
 
