@@ -47,3 +47,16 @@ def test_memory_cell_runs_with_named_flags():
            "--method", "Text attention (EOS row)"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1])["extra_mb"] >= 0
+
+
+def test_plot_with_fewer_methods_than_metrics(tmp_path):
+    import torch
+    from PIL import Image
+
+    names = ["Grad-ECLIP (cosine, default)", "CLS attention"]
+    image = {n: {m.key: 0.5 for m in report.PLOTTED} for n in names}
+    res = {"image": image, "_examples": dict(maps={n: torch.rand(1, 1, 8, 8) for n in names},
+                                              image=Image.new("RGB", (64, 64)), prompt="a red circle")}
+    report.plot(res, tmp_path / "b.png")
+    with Image.open(tmp_path / "b.png") as im:
+        assert im.size[0] > 200

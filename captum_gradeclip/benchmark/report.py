@@ -120,9 +120,9 @@ def plot(res: dict, out: Path) -> None:
     n_ex = len(image) if ex else 0
     fig = Figure(figsize=(max(14, 1.6 * n_ex), 4.6 + (2.4 if ex else 0)))
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(2 if ex else 1, max(len(metrics), 1) if not ex else n_ex,
-                          height_ratios=[1.6, 1] if ex else [1])
-    _bars(fig, gs, image, metrics, per=max(1, (n_ex or len(metrics)) // len(metrics)))
+    ncols = max(n_ex, len(metrics), 1)  # fewer examples than metrics: the examples fill the left
+    gs = fig.add_gridspec(2 if ex else 1, ncols, height_ratios=[1.6, 1] if ex else [1])
+    _bars(fig, gs, image, metrics, per=max(1, ncols // len(metrics)))
     if ex:
         _examples(fig, gs, ex, list(image))
     fig.tight_layout()
