@@ -66,6 +66,45 @@ def first_eos(input_ids: Tensor, eos_token_id: int, hint: str) -> Tensor:
     return hit.int().argmax(dim=-1).long()
 
 
+def check_input_ids(model: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor], eos: bool = True) -> None:
+    """Typed errors for token ids the model's text tower cannot take.
+
+    Args:
+        model: a Hugging Face ``CLIPModel``. input_ids: ``(T, L)``. attention_mask: ``(T, L)`` or ``None``.
+        eos: also check that every text has the model's EOS token.
+
+    Raises:
+        ValueError: not ``(T, L)`` with ``T >= 1``; a mask of another shape; ids outside the
+            vocabulary; a text without EOS.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids must have shape (T, L) with T >= 1, got {tuple(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of "
+                         f"input_ids {tuple(input_ids.shape)}")
+    vocab = getattr(getattr(getattr(model, "config", None), "text_config", None), "vocab_size", None)
+    if vocab is not None and input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+        raise ValueError(f"input_ids hold ids outside the vocabulary [0, {vocab}) (min {int(input_ids.min())}, "
+                         f"max {int(input_ids.max())}); tokenize with the model's own tokenizer")
+    end = getattr(getattr(model, "text_model", None), "eos_token_id", None)
+    if eos and end is not None:
+        eos_positions(input_ids, end)  # clear error for texts without EOS
+
+
+def _check_embeds(model: nn.Module, embeds: Tensor, name: str, letter: str) -> None:
+    """Precomputed or computed embeddings ``(T or N, E)``: the model's width, finite, non-zero."""
+    if embeds.dim() != 2 or embeds.shape[0] == 0:
+        raise ValueError(f"{name} must have shape ({letter}, E) with {letter} >= 1, got {tuple(embeds.shape)}")
+    width = getattr(getattr(model, "config", None), "projection_dim", None)
+    if width is not None and embeds.shape[1] != width:
+        raise ValueError(f"{name} have width {embeds.shape[1]}, but the model's joint embedding has "
+                         f"E = {width}: use embeddings of this model (get_text_features / get_image_features)")
+    norms = embeds.detach().float().norm(dim=-1)
+    bad = (~torch.isfinite(norms) | (norms == 0)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"{name} rows {bad} are zero or not finite: their cosine similarity is undefined")
+
+
 def _check_model(model: nn.Module) -> None:
     for name in ("get_image_features", "get_text_features", "logit_scale"):
         if not hasattr(model, name):
@@ -116,19 +155,10 @@ class ImageTextSimilarity(nn.Module):
         if text_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids (T, L) of the texts, or text_embeds (T, E)")
-            if input_ids.dim() != 2 or input_ids.shape[0] == 0:
-                raise ValueError(f"input_ids must have shape (T, L) with T >= 1, got {tuple(input_ids.shape)}")
-            if attention_mask is not None and attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of "
-                                 f"input_ids {tuple(input_ids.shape)}")
-            text_model = getattr(model, "text_model", None)
-            eos = getattr(text_model, "eos_token_id", None)
-            if eos is not None:
-                eos_positions(input_ids, eos)  # clear error for texts without EOS
+            check_input_ids(model, input_ids, attention_mask)
             with torch.no_grad():
                 text_embeds = _features(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
-        elif text_embeds.dim() != 2 or text_embeds.shape[0] == 0:
-            raise ValueError(f"text_embeds must have shape (T, E) with T >= 1, got {tuple(text_embeds.shape)}")
+        _check_embeds(model, text_embeds, "text_embeds", "T")
         self.register_buffer("text_embeds", _normalize(text_embeds.detach()), persistent=False)
         vc = getattr(getattr(model, "config", None), "vision_config", None)
         self.patch_size = getattr(vc, "patch_size", None)
@@ -180,6 +210,7 @@ class TextImageSimilarity(nn.Module):
             kwargs = {"interpolate_pos_encoding": True} if interpolate_pos_encoding else {}
             with torch.no_grad():
                 image_embeds = _features(model.get_image_features(pixel_values=pixel_values, **kwargs))
+        _check_embeds(model, image_embeds, "image_embeds", "N")
         self.register_buffer("image_embeds", _normalize(image_embeds.detach()), persistent=False)
         self.eos_token_id = getattr(getattr(model, "text_model", None), "eos_token_id", None)
 
@@ -189,9 +220,7 @@ class TextImageSimilarity(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         """``(T, L) -> (T, N)``."""
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of "
-                             f"input_ids {tuple(input_ids.shape)}")
+        check_input_ids(self.model, input_ids, attention_mask, eos=False)
         text = _normalize(_features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)))
         sim = torch.matmul(text, self.image_embeds.to(text.dtype).t())
         if self.logits:

@@ -18,6 +18,7 @@ than ``o``, ``grad_sources``), and sets ``needs_grad`` / ``pooled_grad_only``.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -34,6 +35,11 @@ from .block_tail import BlockTail
 from .layout import LayerTokens, TokenLayout
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module]]
+
+#: Held while an explained forward runs with hooks on: hooks live on the (shared) model's modules
+#: and PyTorch's MHA fast-path switch is process-wide, so explained forwards of different threads
+#: take turns (the backward passes and the maps, which use per-call state only, run in parallel).
+_HOOKED_FORWARD = threading.RLock()
 
 
 def _has_fast_path_mha(forward_func: Any) -> bool:
@@ -62,14 +68,22 @@ def score_grads(scores: Tensor, sources: List[Tensor], target: TargetType, all_t
         return [None if g is None else g.detach()[None] for g in grads]
 
 
-def check_target(target: TargetType, n: int, k: int) -> None:
-    """Typed errors for targets Captum would reject with an assert (or silently mis-index)."""
-    def check_int(i: int) -> None:
+def check_target(target: TargetType, n: int, k: int) -> TargetType:
+    """Typed errors for targets Captum would reject with an assert (or silently mis-index);
+    returns the target with negative indices (Python's convention) made non-negative.
+
+    Raises:
+        IndexError: an index outside ``[-K, K)``.
+        TypeError: a float, bool or other non-integer target.
+        ValueError: no target for ``K > 1`` scores; a list or tensor that is not one index per example.
+    """
+    def check_int(i: int) -> int:
         if not -k <= i < k:
             raise IndexError(
                 f"target {i} is out of range: the forward function returns {k} score(s) per "
                 f"example, so target must be in [0, {k - 1}]"
             )
+        return i % k
 
     if target is None:
         if k != 1:
@@ -77,28 +91,54 @@ def check_target(target: TargetType, n: int, k: int) -> None:
                 f"target is required: the forward function returns {k} scores per example "
                 "(pass an int, a list of N ints or a (N,) tensor, or use attribute_all)"
             )
-        return
+        return None
     if isinstance(target, bool):
         raise TypeError("target must be an int, a list of ints or a tensor, got a bool")
     if isinstance(target, int):
         return check_int(target)
     if torch.is_tensor(target):
+        if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+            raise TypeError(f"a tensor target must hold integer indices, got dtype {target.dtype}")
         if target.numel() == 1:
             return check_int(int(target.item()))
         if target.dim() != 1 or target.numel() != n:
             raise ValueError(f"a tensor target must have shape ({n},) (one index per example), got {tuple(target.shape)}")
-        for i in target.tolist():
-            check_int(int(i))
-        return
+        return torch.tensor([check_int(int(i)) for i in target.tolist()], dtype=torch.long, device=target.device)
     if isinstance(target, list):
         if len(target) != n:
             raise ValueError(f"a list target must have one entry per example ({n}), got {len(target)}")
-        for i in target:
-            if not isinstance(i, int):
-                raise TypeError(f"a list target must hold ints, got {type(i).__name__}")
-            check_int(i)
-        return
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in target):
+            bad = next(i for i in target if not isinstance(i, int) or isinstance(i, bool))
+            raise TypeError(f"a list target must hold ints, got {type(bad).__name__}")
+        return [check_int(i) for i in target]
     raise TypeError(f"target must be None, an int, a list of ints or a tensor, got {type(target).__name__}")
+
+
+def _check_forward_func(forward_func: Any) -> None:
+    """A whole CLIP model is not a forward function of one tower: say which wrapper to use."""
+    if not callable(forward_func):
+        raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
+    if hasattr(forward_func, "get_image_features") and hasattr(forward_func, "get_text_features"):
+        raise TypeError(
+            f"forward_func is a whole {type(forward_func).__name__}; pass a forward function of one tower "
+            "that returns (N, K) scores: ImageTextSimilarity(model, input_ids=...) to explain images, "
+            "TextImageSimilarity(model, pixel_values=...) to explain texts"
+        )
+    if hasattr(forward_func, "encode_image") and hasattr(forward_func, "encode_text"):
+        raise TypeError(
+            f"forward_func is a whole {type(forward_func).__name__}; pass "
+            "captum_gradeclip.openai.EncoderImageTextSimilarity(model, tokens) (or "
+            "EncoderTextImageSimilarity(model, images) for texts)"
+        )
+
+
+def _check_layers(adapters: List[AttentionAdapter]) -> None:
+    seen = {}
+    for i, a in enumerate(adapters):
+        if id(a.module) in seen:
+            raise ValueError(f"layers {seen[id(a.module)]} and {i} are the same attention module "
+                             f"({type(a.module).__name__}); pass each layer once")
+        seen[id(a.module)] = i
 
 
 @dataclass
@@ -137,12 +177,12 @@ class AttentionLayerAttribution(LayerAttribution, GradientAttribution):
 
     def __init__(self, forward_func: Callable[..., Tensor], layer: LayerSpec,
                  device_ids: Optional[List[int]] = None, *, layout: TokenLayout) -> None:
-        if not callable(forward_func):
-            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
+        _check_forward_func(forward_func)
         layers = list(layer) if isinstance(layer, (list, tuple, nn.ModuleList)) else [layer]
         if not layers:
             raise ValueError("layer is an empty list; pass at least one transformer block or attention module")
         self._adapters: List[AttentionAdapter] = [find_adapter(m) for m in layers]
+        _check_layers(self._adapters)
         tail = BlockTail.find(layers[0], self._adapters[0]) if len(layers) == 1 else None
         self._tail = tail if (self.needs_grad and self.pooled_grad_only) else None
         self.layout = layout
@@ -232,13 +272,17 @@ class AttentionLayerAttribution(LayerAttribution, GradientAttribution):
     def _explain(self, inputs: Any, additional_forward_args: Any, *, target: TargetType,
                  all_targets: bool, relu: bool) -> Tensor:
         """``(K, B, *S)`` maps: capture, gradients, combine, finalize."""
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("attribute() needs autograd, which torch.inference_mode() switches off; "
+                               "call it outside the inference_mode block (it builds no graph for the "
+                               "blocks before the explained layer anyway)")
         inputs = (inputs,) if torch.is_tensor(inputs) else tuple(inputs)
         additional = _format_additional_forward_args(additional_forward_args) or ()
         self.layout.check(inputs)
         run = self._capture(inputs, additional)
         n, k = run.scores.shape
         if not all_targets:
-            check_target(target, n, k)
+            target = check_target(target, n, k)
         layers = [self.layout.tokens(inputs, cap) for cap in run.captures]
         self._gradients(run, layers, target, all_targets)
         targets = torch.arange(k) if all_targets else target
@@ -250,6 +294,16 @@ class AttentionLayerAttribution(LayerAttribution, GradientAttribution):
         shape."""
         captures = [Capture(num_heads=1 if self.single_head else a.num_heads, seq_first=a.seq_first)
                     for a in self._adapters]
+        with _HOOKED_FORWARD:
+            output = self._hooked_forward(inputs, additional, captures)
+        self._check_forward(captures, output, inputs[0].shape[0])
+        return _Forward(captures, output if output.dim() == 2 else output[:, None])
+
+    def _hooked_forward(self, inputs: Tuple[Tensor, ...], additional: Tuple[Any, ...],
+                        captures: List[Capture]) -> Any:
+        """``forward_func(*inputs, *additional)`` with the adapters' hooks on (removed after, also
+        on error), the blocks before the explained layers without a graph, and PyTorch's MHA fast
+        path off."""
         need_graph = any(torch.is_tensor(x) and x.requires_grad for x in inputs) or \
             _has_fast_path_mha(self.forward_func)
         handles = []
@@ -263,6 +317,10 @@ class AttentionLayerAttribution(LayerAttribution, GradientAttribution):
         finally:
             for h in handles:
                 h.remove()
+        return output
+
+    def _check_forward(self, captures: List[Capture], output: Any, n: int) -> None:
+        """Each explained layer ran once; the output is ``(N,)`` or ``(N, K)`` scores."""
         for adapter, cap in zip(self._adapters, captures):
             if cap.calls != 1:
                 raise ValueError(
@@ -270,11 +328,9 @@ class AttentionLayerAttribution(LayerAttribution, GradientAttribution):
                     "during forward_func; it must run exactly once (pass a layer of the tower "
                     "the forward function computes)"
                 )
-        n = inputs[0].shape[0]
         if not torch.is_tensor(output) or output.dim() not in (1, 2) or output.shape[0] != n:
             got = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
             raise ValueError(f"forward_func must return scores of shape (N,) or (N, K) with N = {n}, got {got}")
-        return _Forward(captures, output if output.dim() == 2 else output[:, None])
 
     def _gradients(self, run: _Forward, layers: List[LayerTokens], target: TargetType, all_targets: bool) -> None:
         """Fill ``layers[i].grads`` (or ``layers[0].pooled_o_grad``, through the shortcut)."""

@@ -73,6 +73,8 @@ class TokenLayout:
     """Any transformer tower: token 0 is pooled, the map covers every other token and is returned
     per token: ``attribute -> (B, L)``, ``attribute_all -> (B, K, L)``."""
 
+    #: whether tokens the pooled token may not attend to (padding) are left out of the map
+    masked_keys_unscored: bool = False
     #: Grad-ECLIP's rule for several layers: ReLU on each layer's map then sum (False), or sum
     #: the signed maps then ReLU (True, the text tower's rule)
     sum_before_relu: bool = False
@@ -83,6 +85,11 @@ class TokenLayout:
             raise TypeError("inputs must be a tensor or a tuple of tensors")
         if inputs[0].shape[0] == 0:
             raise ValueError("inputs hold an empty batch (N = 0); pass at least one example")
+        for i, x in enumerate(inputs):
+            if torch.is_tensor(x) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+                raise ValueError(f"inputs[{i}] holds NaN or Inf values (examples {bad}); the map of a "
+                                 "non-finite input is undefined: clean or drop those examples")
 
     def pooled(self, inputs: Tuple[Tensor, ...], capture: Capture) -> Tensor:
         """``(B,)`` long: the pooled token of each example."""
@@ -104,8 +111,16 @@ class TokenLayout:
         """The :class:`LayerTokens` of one captured layer (without gradients yet)."""
         grid = self.grid(inputs, capture)
         pooled = self.pooled(inputs, capture)
-        return LayerTokens(capture=capture, pooled=pooled, scored=self.scored(inputs, pooled, capture, grid),
-                           attended=allowed_keys(capture.mask, pooled, capture.value.shape[1]), grid=grid)
+        attended = allowed_keys(capture.mask, pooled, capture.value.shape[1])
+        blind = (~attended.any(-1)).nonzero().flatten().tolist()
+        if blind:
+            raise ValueError(f"in example(s) {blind} the pooled token may attend to no token (an all-zero "
+                             "attention_mask?): there is nothing to explain; pass a mask with 1 on the "
+                             "tokens of each input")
+        scored = self.scored(inputs, pooled, capture, grid)
+        if self.masked_keys_unscored:
+            scored = scored & attended
+        return LayerTokens(capture=capture, pooled=pooled, scored=scored, attended=attended, grid=grid)
 
     def finalize(self, maps: Tensor, tokens: LayerTokens) -> Tensor:
         """``(K, B, L)`` token maps -> ``(K, B, *S)`` output maps."""
@@ -114,6 +129,10 @@ class TokenLayout:
     def single(self, maps: Tensor) -> Tensor:
         """``(1, B, *S)`` -> what ``attribute`` returns."""
         return maps[0]
+
+
+#: the most non-patch tokens (class, distillation, register tokens) an image tower may carry
+MAX_EXTRA_TOKENS = 16
 
 
 class ImageLayout(TokenLayout):
@@ -166,10 +185,11 @@ class ImageLayout(TokenLayout):
             raise ValueError("cannot tell the patch grid: pass patch_size= to ImageGradECLIP, or use a "
                              "forward function with a `patch_size` attribute (ImageTextSimilarity has one)")
         h, w = inputs[0].shape[-2] // p[0], inputs[0].shape[-1] // p[1]
-        if h * w > capture.value.shape[1]:
-            raise ValueError(f"the explained layer has {capture.value.shape[1]} tokens, fewer than the "
-                             f"{h} x {w} patch grid of a {tuple(inputs[0].shape[-2:])} image with patch "
-                             f"size {self.patch_size}: is patch_size right?")
+        extra = capture.value.shape[1] - h * w
+        if not (0 <= extra <= MAX_EXTRA_TOKENS and (extra <= 1 or extra < h * w)):
+            raise ValueError(f"the explained layer has {capture.value.shape[1]} tokens, but the {h} x {w} patch "
+                             f"grid of a {tuple(inputs[0].shape[-2:])} image with patch size {self.patch_size} "
+                             f"leaves {extra} for the class (and other extra) tokens: is patch_size right?")
         return h, w
 
     def scored(self, inputs, pooled, capture, grid):
@@ -188,7 +208,8 @@ class ImageLayout(TokenLayout):
 
 class TextLayout(TokenLayout):
     """A text tower: the EOS token is pooled; the map covers SOS through EOS (as the authors
-    normalise) and is returned per word, zero at SOS, EOS and after EOS (padding):
+    normalise; padding the model masks is left out, so left-padded texts work too) and is
+    returned per word, zero at SOS, EOS, padding and after EOS:
     ``attribute -> (T, L)``, ``attribute_all -> (T, K, L)``. Several layers: the signed maps are
     summed, then the ReLU.
 
@@ -200,6 +221,7 @@ class TextLayout(TokenLayout):
     """
 
     sum_before_relu = True
+    masked_keys_unscored = True
 
     def __init__(self, forward_func: Any, eos_token_id: Optional[int] = None) -> None:
         self.forward_func, self.eos_token_id = forward_func, eos_token_id
@@ -231,6 +253,9 @@ class TextLayout(TokenLayout):
         return torch.arange(n, device=pooled.device)[None, :] <= pooled[:, None]
 
     def finalize(self, maps: Tensor, tokens: LayerTokens) -> Tensor:
+        """Zero outside the words: SOS is the first token the EOS token attends to (position 0,
+        or the first after left padding), EOS the pooled one."""
         pos = torch.arange(maps.shape[-1], device=maps.device)[None, :]
-        words = (pos > 0) & (pos < tokens.pooled[:, None].to(maps.device))
+        sos = tokens.attended.int().argmax(-1, keepdim=True).to(maps.device)
+        words = (pos > sos) & (pos < tokens.pooled[:, None].to(maps.device)) & tokens.attended.to(maps.device)
         return _zero_outside(words, maps)
