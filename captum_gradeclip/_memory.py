@@ -37,11 +37,12 @@ class PeakRSS:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
         self.peak_mb = max(self.peak_mb, rss_mb())
 
     @property
     def extra_mb(self) -> float:
+        """Peak resident memory above the memory at entry, in MiB."""
         return self.peak_mb - self.base_mb
