@@ -186,6 +186,29 @@ def _overlap(a, b) -> float:
     return w * h / small
 
 
+def _visible_masks(full_masks: list, size: int) -> torch.Tensor:
+    """``K`` drawn ``L``-mode masks, first drawn at the bottom -> ``(K, size, size)`` bool of
+    what stays visible under the objects drawn after it."""
+    masks = torch.zeros(len(full_masks), size, size, dtype=torch.bool)
+    occluder = torch.zeros(size, size, dtype=torch.bool)
+    for i in range(len(full_masks) - 1, -1, -1):
+        m = torch.frombuffer(bytearray(full_masks[i].tobytes()), dtype=torch.uint8)
+        m = m.view(size, size) >= 128
+        masks[i] = m & ~occluder
+        occluder |= m
+    return masks
+
+
+def _boxes(masks: torch.Tensor) -> torch.Tensor:
+    """``(K, H, W)`` bool -> ``(K, 4)`` ``x0, y0, x1, y1`` boxes (zeros for an empty mask)."""
+    boxes = torch.zeros(len(masks), 4)
+    for i, m in enumerate(masks):
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        if len(xs):
+            boxes[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float)
+    return boxes
+
+
 def render_scene(
     objects: Optional[Sequence[ShapeSpec]] = None,
     *,
@@ -234,16 +257,5 @@ def render_scene(
         _draw(ImageDraw.Draw(m), prims, 255)
         full_masks.append(m.resize((size, size), Image.BOX))
     image = image.resize((size, size), Image.BOX)
-    masks = torch.zeros(len(objects), size, size, dtype=torch.bool)
-    occluder = torch.zeros(size, size, dtype=torch.bool)
-    for i in range(len(objects) - 1, -1, -1):
-        m = torch.frombuffer(bytearray(full_masks[i].tobytes()), dtype=torch.uint8)
-        m = m.view(size, size) >= 128
-        masks[i] = m & ~occluder
-        occluder |= m
-    boxes = torch.zeros(len(objects), 4)
-    for i, m in enumerate(masks):
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        if len(xs):
-            boxes[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float)
-    return Scene(image=image, objects=objects, masks=masks, boxes=boxes)
+    masks = _visible_masks(full_masks, size)
+    return Scene(image=image, objects=objects, masks=masks, boxes=_boxes(masks))
