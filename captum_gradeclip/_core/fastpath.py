@@ -10,7 +10,9 @@ the blocks before the explained layer.
 
 The switch (``torch.backends.mha.set_fastpath_enabled``) is process-wide: another thread running
 ``nn.MultiheadAttention`` inference at the same moment also runs the regular kernels (same
-results up to the last bits, somewhat slower) until the explained forward returns.
+results up to the last bits, somewhat slower) until the explained forward returns. Explained
+forwards themselves take turns (``base._HOOKED_FORWARD``), so two of them never interleave their
+save and restore of the switch.
 """
 
 from __future__ import annotations
