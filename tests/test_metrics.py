@@ -50,8 +50,9 @@ def test_pointing_game_by_hand():
     m2[0, 3, 3] = True
     assert pointing_game(a, m2).tolist() == [False]
     m3 = torch.zeros(1, 4, 4, dtype=torch.bool)
-    m3[0, 2, 3] = True  # one pixel away (diagonal)
-    assert pointing_game(a, m3, tolerance=1).tolist() == [True]
+    m3[0, 2, 3] = True  # one pixel away diagonally: distance sqrt(2)
+    assert pointing_game(a, m3, tolerance=1).tolist() == [False]  # a disc, not a square
+    assert pointing_game(a, m3, tolerance=2).tolist() == [True]
     # a constant map does not hit a partial mask
     assert pointing_game(torch.ones(1, 1, 4, 4), m).tolist() == [False]
     # low-resolution maps are upsampled to the mask
@@ -128,3 +129,97 @@ def test_word_deletion_ranks_the_right_word():
     ig = word_insertion(f, ids, good, 0, replacement_id=0, words=words)
     ib = word_insertion(f, ids, bad, 0, replacement_id=0, words=words)
     assert ig.auc.item() > ib.auc.item()
+
+
+def test_standard_pointing_game_is_15_px_at_224_scaled_to_the_shorter_side():
+    from captum_gradeclip.metrics import standard_tolerance
+
+    assert standard_tolerance(224, 224) == 15 and standard_tolerance(64, 64) == 4
+    assert standard_tolerance(448, 300) == round(15 * 300 / 224) == 20
+    # a peak d pixels left of a one-pixel object on a 64 px image: hit up to 4 px (the default)
+    m = torch.zeros(1, 64, 64, dtype=torch.bool)
+    m[0, 30, 40] = True
+    for d, hit in [(0, True), (3, True), (4, True), (5, False)]:
+        a = torch.zeros(1, 1, 64, 64)
+        a[0, 0, 30, 40 - d] = 1.0
+        assert pointing_game(a, m).tolist() == [hit], d
+        assert pointing_game(a, m, tolerance=0).tolist() == [d == 0], d
+    # the disc: (3, 3) away is 4.24 px, a miss at 4 px; (0, 4) a hit
+    a = torch.zeros(1, 1, 64, 64)
+    a[0, 0, 33, 43] = 1.0
+    assert pointing_game(a, m).tolist() == [False]
+    assert pointing_game(a, m, tolerance=5).tolist() == [True]
+
+
+def _f2(x):
+    return torch.stack([x.mean((1, 2, 3)), -x.mean((1, 2, 3))], 1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_metrics_reject_non_finite_maps(scene, bad):
+    mask, x, maps = scene
+    a = maps["perfect"].clone()
+    a[1, 0, 3, 3] = bad
+    masks = mask.expand(2, 16, 16)
+    for metric in (pointing_game, energy_pointing_game, mask_iou):
+        with pytest.raises(ValueError, match=r"NaN or Inf in example\(s\) \[1\]"):
+            metric(a, masks)
+    for curve in (deletion, insertion):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            curve(_f2, x, a, 0, step=0.25)
+    xs = x.clone()
+    xs[0, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match="inputs hold NaN or Inf"):
+        deletion(_f2, xs, maps["perfect"], 0, step=0.25)
+    ids = torch.tensor([[1, 5, 7, 2]])
+    words = torch.tensor([[False, True, True, False]])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        word_deletion(lambda i: i.float().sum(1, keepdim=True), ids, torch.tensor([[0, bad, 1, 0]]), 0,
+                      replacement_id=0, words=words)
+
+
+def test_metrics_reject_empty_and_soft_masks(scene):
+    mask, x, maps = scene
+    empty = mask.expand(2, 16, 16).clone()
+    empty[1] = False
+    for metric in (pointing_game, energy_pointing_game, mask_iou):
+        with pytest.raises(ValueError, match=r"mask\(s\) \[1\] are empty"):
+            metric(maps["perfect"], empty)
+        with pytest.raises(ValueError, match="only 0 and 1"):
+            metric(maps["perfect"], 0.05 * mask.expand(2, 16, 16).float())
+    # exact 0/1 floats and ints are read as the bool mask
+    b = mask.expand(2, 16, 16)
+    for m in (b.float(), b.long()):
+        assert pointing_game(maps["perfect"], m).tolist() == pointing_game(maps["perfect"], b).tolist()
+        torch.testing.assert_close(energy_pointing_game(maps["perfect"], m), energy_pointing_game(maps["perfect"], b))
+
+
+def test_metric_targets_are_checked(scene):
+    mask, x, maps = scene
+    a = maps["perfect"]
+    for curve in (deletion, insertion):
+        with pytest.raises(IndexError, match=r"target \[2\] out of range .* 2 output column"):
+            curve(_f2, x, a, 2, step=0.25)
+        with pytest.raises(IndexError, match="out of range"):
+            curve(_f2, x, a, [0, -3], step=0.25)
+        with pytest.raises(TypeError, match="int"):
+            curve(_f2, x, a, torch.tensor([0.0, 1.0]), step=0.25)
+        with pytest.raises(ValueError, match="one int or 2"):
+            curve(_f2, x, a, [0, 1, 0], step=0.25)
+    # negative targets count from the end, as the explainers' do
+    torch.testing.assert_close(deletion(_f2, x, a, -1, step=0.25).scores, deletion(_f2, x, a, 1, step=0.25).scores)
+    ids = torch.tensor([[1, 5, 7, 2]])
+    words = torch.tensor([[False, True, True, False]])
+    att = torch.tensor([[0.0, 1.0, 0.5, 0.0]])
+    with pytest.raises(IndexError, match="out of range"):
+        word_deletion(lambda i: i.float().sum(1, keepdim=True), ids, att, 1, replacement_id=0, words=words)
+    with pytest.raises(ValueError, match="no word position"):
+        word_deletion(lambda i: i.float().sum(1, keepdim=True), ids, att, 0, replacement_id=0,
+                      words=torch.zeros_like(words))
+
+
+@pytest.mark.parametrize("step", [0, -0.1, 1.5, float("nan")])
+def test_curves_reject_steps_outside_0_1(scene, step):
+    mask, x, maps = scene
+    with pytest.raises(ValueError, match="step must be"):
+        deletion(_f2, x, maps["perfect"], 0, step=step)

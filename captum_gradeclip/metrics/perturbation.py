@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from captum._utils.common import _format_additional_forward_args
 from torch import Tensor
 
-from ._maps import to_image_map
+from ._maps import check_finite, check_targets, to_image_map
 
 REPLACEMENTS = ("noise", "black", "blur", "mean")
 
@@ -51,32 +51,34 @@ def _replacement(x: Tensor, kind: str, generator: torch.Generator) -> Tensor:
     raise ValueError(f"replacement must be one of {REPLACEMENTS}, got {kind!r}")
 
 
-def _curve(forward_func, inputs, attributions, target, *, insert: bool, step: float, replacement: str,
-           batch_size: int, additional_forward_args, accuracy: bool, seed: int) -> CurveResult:
+def _check_images(inputs: Tensor, attributions: Tensor, step: float) -> None:
+    """Raises TypeError / ValueError for inputs that are not finite ``(N, C, H, W)`` images, maps of
+    another count, or a step outside ``(0, 1]``."""
+    if not torch.is_tensor(inputs) or not torch.is_tensor(attributions):
+        raise TypeError(f"inputs and attributions must be tensors, got {type(inputs).__name__} and "
+                        f"{type(attributions).__name__}")
     if inputs.dim() != 4:
         raise ValueError(f"inputs must be images (N, C, H, W), got {tuple(inputs.shape)}")
-    if not 0 < step <= 1:
-        raise ValueError(f"step must be a fraction of the pixels in (0, 1], got {step}")
-    n, _, h, w = inputs.shape
-    if attributions.shape[0] != n:
-        raise ValueError(f"attributions have {attributions.shape[0]} examples, inputs {n}")
-    extra = _format_additional_forward_args(additional_forward_args) or ()
-    tgt = torch.as_tensor(target).reshape(-1).expand(n)
-    a = to_image_map(attributions, (h, w)).flatten(1)
-    order = torch.argsort(a, dim=1, descending=True, stable=True)  # most important first
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(h * w).expand(n, -1))
-    per_step = max(1, round(step * h * w))
-    counts = list(range(0, h * w, per_step)) + [h * w]
-    fractions = torch.tensor(counts, dtype=torch.float32) / (h * w)
-    g = torch.Generator().manual_seed(seed)
-    repl = torch.cat([_replacement(inputs[i:i + 1], replacement, g) for i in range(n)])
-    ranks = rank.view(n, 1, h, w)
-    k_n = len(counts)
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
+        raise ValueError(f"step must be a fraction of the pixels in (0, 1], got {step!r}")
+    if attributions.dim() == 0 or attributions.shape[0] != inputs.shape[0]:
+        raise ValueError(f"attributions {tuple(attributions.shape)} must have one map per input, N = {inputs.shape[0]}")
+    check_finite(inputs, "inputs")
+
+
+def _scores(forward_func, inputs: Tensor, repl: Tensor, ranks: Tensor, counts: List[int], target: Any, extra,
+            insert: bool, batch_size: int) -> Tuple[Tensor, Tensor]:
+    """``(scores (N, K), argmax hits (N, K))`` of ``target`` with the top ``counts[k]`` pixels of
+    each example (``ranks (N, 1, H, W)``) deleted (replaced by ``repl``) or inserted.
+
+    Raises:
+        TypeError / ValueError / IndexError: bad targets (checked on the first forward's width).
+    """
+    n, k_n = inputs.shape[0], len(counts)
     counts_t = torch.tensor(counts, device=inputs.device)
     scores = torch.zeros(n * k_n)
     acc = torch.zeros(n * k_n, dtype=torch.bool)
-    flat_tgt = tgt.repeat_interleave(k_n)
+    flat_tgt = None
     with torch.no_grad():
         # all (example, step) pairs, batch_size perturbed images per forward
         for s in range(0, n * k_n, batch_size):
@@ -87,10 +89,32 @@ def _curve(forward_func, inputs, attributions, target, *, insert: bool, step: fl
             xs = torch.where(changed, r, x) if not insert else torch.where(changed, x, r)
             out = forward_func(xs, *extra)
             out = out if out.dim() == 2 else out[:, None]
+            if flat_tgt is None:
+                flat_tgt = check_targets(target, n, out.shape[1]).repeat_interleave(k_n)
             t_b = flat_tgt[idx].to(out.device)
             scores[idx] = out.gather(1, t_b[:, None])[:, 0].float().cpu()
             acc[idx] = (out.argmax(1) == t_b).cpu()
-    scores, acc = scores.view(n, k_n), acc.view(n, k_n)
+    return scores.view(n, k_n), acc.view(n, k_n)
+
+
+def _curve(forward_func, inputs, attributions, target, *, insert: bool, step: float, replacement: str,
+           batch_size: int, additional_forward_args, accuracy: bool, seed: int) -> CurveResult:
+    _check_images(inputs, attributions, step)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    n, _, h, w = inputs.shape
+    extra = _format_additional_forward_args(additional_forward_args) or ()
+    a = to_image_map(attributions, (h, w)).flatten(1)
+    order = torch.argsort(a, dim=1, descending=True, stable=True)  # most important first
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(h * w).expand(n, -1))
+    per_step = max(1, round(step * h * w))
+    counts = list(range(0, h * w, per_step)) + [h * w]
+    fractions = torch.tensor(counts, dtype=torch.float32) / (h * w)
+    g = torch.Generator().manual_seed(seed)
+    repl = torch.cat([_replacement(inputs[i:i + 1], replacement, g) for i in range(n)])
+    scores, acc = _scores(forward_func, inputs, repl, rank.view(n, 1, h, w).to(inputs.device), counts, target,
+                          extra, insert, batch_size)
     auc = torch.trapezoid(scores, fractions, dim=1)
     intact = scores[:, -1 if insert else 0].abs().clamp_min(1e-12)
     nauc = torch.trapezoid(scores / intact[:, None], fractions, dim=1)
@@ -130,6 +154,13 @@ def deletion(
 
     Returns:
         :class:`CurveResult` with ``K = ceil(1 / step) + 1`` points.
+
+    Raises:
+        ValueError: NaN / Inf in ``inputs`` or ``attributions``, a map count other than ``N``, a
+            ``step`` outside ``(0, 1]``, an unknown ``replacement``, or neither one target nor ``N``.
+        TypeError: float or bool targets.
+        IndexError: a target outside the forward function's ``T`` outputs (negative ones count
+            from the end).
     """
     return _curve(forward_func, inputs, attributions, target, insert=False, step=step, replacement=replacement,
                   batch_size=batch_size, additional_forward_args=additional_forward_args, accuracy=accuracy,
@@ -156,40 +187,51 @@ def insertion(
                   seed=seed)
 
 
-def _word_curve(forward_func, input_ids, attributions, target, *, insert, replacement_id, words,
-                additional_forward_args) -> CurveResult:
+def _check_words(input_ids: Tensor, attributions: Tensor, words: Tensor) -> None:
+    """Raises ValueError for shapes that differ, non-finite attributions, or a text without words."""
+    if not all(torch.is_tensor(t) for t in (input_ids, attributions, words)):
+        raise TypeError("input_ids, attributions and words must be tensors")
     if input_ids.dim() != 2 or attributions.shape != input_ids.shape:
         raise ValueError(f"input_ids (T, L) and attributions must have the same shape, got "
                          f"{tuple(input_ids.shape)} and {tuple(attributions.shape)}")
-    if words.shape != input_ids.shape:
-        raise ValueError(f"words must be a (T, L) bool mask of the word positions, got {tuple(words.shape)}")
+    if words.shape != input_ids.shape or words.dtype != torch.bool:
+        raise ValueError(f"words must be a (T, L) bool mask of the word positions, got {tuple(words.shape)} "
+                         f"{words.dtype}")
+    check_finite(attributions)
+    empty = ~words.any(1)
+    if empty.any():
+        raise ValueError(f"text(s) {empty.nonzero().flatten().tolist()[:10]} have no word position in `words`: "
+                         "nothing to delete; leave them out")
+
+
+def _word_curve(forward_func, input_ids, attributions, target, *, insert, replacement_id, words,
+                additional_forward_args) -> CurveResult:
+    _check_words(input_ids, attributions, words)
     extra = _format_additional_forward_args(additional_forward_args) or ()
     t_n = input_ids.shape[0]
-    tgt = torch.as_tensor(target).reshape(-1).expand(t_n)
     k_max = 11  # fractions 0, 0.1, ..., 1 of each text's words
     fractions = torch.linspace(0, 1, k_max)
     scores = torch.zeros(t_n, k_max)
+    tgt = None
     with torch.no_grad():
         for i in range(t_n):
             pos = words[i].nonzero().flatten()
-            a = attributions[i, pos].float()
-            order = pos[torch.argsort(a, descending=True, stable=True)]
+            order = pos[torch.argsort(attributions[i, pos].float(), descending=True, stable=True)]
             batch = []
             for f in fractions.tolist():
                 k = round(f * len(pos))
                 ids = input_ids[i].clone()
                 if insert:
-                    keep = order[:k]
                     ids[pos] = replacement_id
-                    ids[keep] = input_ids[i, keep]
+                    ids[order[:k]] = input_ids[i, order[:k]]
                 else:
                     ids[order[:k]] = replacement_id
                 batch.append(ids)
-            ids = torch.stack(batch)
             ex = tuple(e[i:i + 1].expand(k_max, -1) if torch.is_tensor(e) and e.shape == input_ids.shape else e
                        for e in extra)
-            out = forward_func(ids, *ex)
+            out = forward_func(torch.stack(batch), *ex)
             out = out if out.dim() == 2 else out[:, None]
+            tgt = check_targets(target, t_n, out.shape[1]) if tgt is None else tgt
             scores[i] = out[:, tgt[i]].float().cpu()
     auc = torch.trapezoid(scores, fractions, dim=1)
     intact = scores[:, -1 if insert else 0].abs().clamp_min(1e-12)
@@ -205,7 +247,11 @@ def word_deletion(forward_func: Callable[..., Tensor], input_ids: Tensor, attrib
         forward_func: ``(T, L) [, mask] -> (T, N)`` (e.g. TextImageSimilarity).
         input_ids: ``(T, L)``. attributions: ``(T, L)`` word importances.
         target: the image column(s). words: ``(T, L)`` bool, the positions that count as words
-            (between SOS and EOS).
+            (between SOS and EOS); every text needs at least one.
+
+    Raises:
+        ValueError: shapes that differ, NaN / Inf attributions, a text without word positions.
+        TypeError / IndexError: targets as in :func:`deletion`.
     """
     return _word_curve(forward_func, input_ids, attributions, target, insert=False, replacement_id=replacement_id,
                        words=words, additional_forward_args=additional_forward_args)
