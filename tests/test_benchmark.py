@@ -35,10 +35,12 @@ def test_method_registry_and_filter():
 def test_metric_headings_are_defined_once():
     assert report.DELETION.heading == "deletion AUC ↓" and report.DELETION.title == "deletion auc ↓"
     assert report.MS_PER_EXPLANATION.heading == "ms / expl."
-    res = {"image": {"m": {report.POINTING.key: 0.5, report.MS_PER_EXPLANATION.key: 12.34}},
+    res = {"image": {"m": {report.POINTING.key: 0.5, report.POINTING_STRICT.key: 0.25,
+                           report.MS_PER_EXPLANATION.key: 12.34}},
            "text": {"t": {report.WORD_DELETION.key: 0.25}}}
     assert report.table(res).splitlines() == [
-        "| image method | pointing ↑ | ms / expl. |", "|---|---|---|", "| m | 0.500 | 12.3 |", "",
+        "| image method | pointing (15 px @ 224) ↑ | pointing, strict ↑ | ms / expl. |", "|---|---|---|---|",
+        "| m | 0.500 | 0.250 | 12.3 |", "",
         "| text method | word deletion AUC ↓ |", "|---|---|", "| t | 0.250 |"]
 
 

@@ -28,6 +28,7 @@ from .report import (
     INSERTION_ACC,
     MS_PER_EXPLANATION,
     POINTING,
+    POINTING_STRICT,
     WORD_DELETION,
     WORD_DELETION_NORMALISED,
 )
@@ -93,6 +94,7 @@ def _score_shapes(sim, pixels, maps, targets, masks, seconds: float, args) -> Di
 
     faith = faithfulness(sim, pixels, maps, targets, args)
     return {POINTING.key: pointing_game(maps, masks).float().mean().item(),
+            POINTING_STRICT.key: pointing_game(maps, masks, tolerance=0).float().mean().item(),
             ENERGY_POINTING.key: energy_pointing_game(maps, masks).mean().item(),
             **{m.key: faith[m.key].mean().item() for m in FAITHFULNESS},
             MS_PER_EXPLANATION.key: 1000 * seconds / len(pixels)}
@@ -111,7 +113,7 @@ def _shapes_image_side(clip: "LoadedCLIP", items: List[dict], pixels: "Tensor", 
         maps, seconds = _explain_in_batches(fn, pixels, targets, args.batch)
         r = results[name] = _score_shapes(sim, pixels, maps, targets, masks, seconds, args)
         examples[name] = maps[: args.examples]
-        print(f"  {name:52s} {seconds:6.1f}s  pointing {r[POINTING.key]:.3f}  "
+        print(f"  {name:52s} {seconds:6.1f}s  pointing {r[POINTING.key]:.3f} (strict {r[POINTING_STRICT.key]:.3f})  "
               f"deletion {r[DELETION.key]:.4f}  insertion {r[INSERTION.key]:.4f}", flush=True)
     return results, examples
 

@@ -37,7 +37,10 @@ class Metric:
         return self.key.replace("_", " ") + self.arrow
 
 
-POINTING = Metric("pointing_game", "pointing", False)
+#: The standard pointing game: a hit within 15 px at 224 px, scaled to the image (4 px at 64 px).
+POINTING = Metric("pointing_game", "pointing (15 px @ 224)", False)
+#: The strict variant: the map's maximum on an object pixel (tolerance 0).
+POINTING_STRICT = Metric("pointing_game_strict", "pointing, strict", False)
 ENERGY_POINTING = Metric("energy_pointing_game", "energy PG", False)
 DELETION = Metric("deletion_auc", "deletion AUC", True)
 INSERTION = Metric("insertion_auc", "insertion AUC", False)
@@ -50,7 +53,7 @@ WORD_DELETION_NORMALISED = Metric("word_deletion_nauc", "normalised", True)
 
 #: The deletion / insertion curves' areas, as :func:`~.protocols.faithfulness` scores them.
 FAITHFULNESS = (DELETION, INSERTION, DELETION_ACC, INSERTION_ACC)
-IMAGE_COLUMNS = (POINTING, ENERGY_POINTING) + FAITHFULNESS + (MS_PER_EXPLANATION, PEAK_MB)
+IMAGE_COLUMNS = (POINTING, POINTING_STRICT, ENERGY_POINTING) + FAITHFULNESS + (MS_PER_EXPLANATION, PEAK_MB)
 TEXT_COLUMNS = (WORD_DELETION, WORD_DELETION_NORMALISED, MS_PER_EXPLANATION, PEAK_MB)
 PLOTTED = (POINTING, ENERGY_POINTING, DELETION, INSERTION)
 
