@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from ._io import CLIError, open_image
+from ._io import CLIError, check_output_file, open_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -64,6 +64,15 @@ def explain(clip: "LoadedCLIP", image: "Image.Image", texts: Sequence[str], capt
     return dict(maps=maps, scores=scores, text_rows=rows)
 
 
+def check_texts(texts: Sequence[str]) -> None:
+    """Raises :class:`CLIError` for no ``--text``, or an empty or blank one."""
+    if not texts:
+        raise CLIError("give at least one --text")
+    blank = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        raise CLIError(f"--text number {blank[0]} is empty: give the words to match, e.g. --text \"a dog\"")
+
+
 def _save(fig, out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -75,6 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .shapes import render_scene
     from .visualization import explanation_figure
 
+    check_output_file(args.out)
     t0 = time.time()
     clip = load_shapes()
     scene = render_scene(seed=args.seed, n_objects=3)
@@ -91,8 +101,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from .models import load
     from .visualization import explanation_figure
 
-    if not args.text:
-        raise CLIError("give at least one --text")
+    check_texts(args.text)
+    check_output_file(args.out)
     image = open_image(args.image)
     res = explain(load(args.model, args.open_clip), image, args.text)
     fig = explanation_figure(image, args.text, res["maps"], res["scores"], res["text_rows"])

@@ -12,14 +12,22 @@ def _check(args: argparse.Namespace) -> None:
     """Fill in ``--n`` and reject flags that do not go together.
 
     Raises:
-        CLIError: ``--model`` with ``--open-clip``, ``--open-clip`` without a folder, or only one
-            of ``--images`` and ``--prompts``.
+        CLIError: ``--model`` with ``--open-clip``, ``--open-clip`` without a folder, only one
+            of ``--images`` and ``--prompts``, a number out of range (``--step`` outside
+            ``(0, 1]``, ``--n`` or ``--batch`` below 1, ``--examples`` below 0), or an
+            ``--out-dir`` that cannot be written.
     """
+    from .._io import check_output_dir
     from ..models import check_choice
 
-    if args.quick:
-        args.n = args.n or 12
-    args.n = args.n or 100
+    for flag, v, lo in (("--n", args.n, 1), ("--batch", args.batch, 1), ("--examples", args.examples, 0)):
+        if v is not None and v < lo:
+            raise CLIError(f"{flag} must be >= {lo}, got {v}")
+    if not 0 < args.step <= 1:  # also NaN
+        raise CLIError(f"--step must be a share of the pixels in (0, 1], e.g. 0.01, got {args.step}")
+    if args.n is None:
+        args.n = 12 if args.quick else 100
+    check_output_dir(args.out_dir)
     check_choice(args.model, args.open_clip)
     if args.open_clip and not args.images:
         raise CLIError("--open-clip runs the folder benchmark: give --images and --prompts too")
@@ -45,6 +53,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     md = save(res, out)
     print()
     print(md)
+    if res.get("skipped"):
+        print(f"\nskipped {len(res['skipped'])} unreadable image(s): {', '.join(res['skipped'])}")
     print(f"\nwrote {out / 'benchmark.json'}, {out / 'benchmark.md'}, {out / 'benchmark.png'}")
 
 

@@ -19,9 +19,18 @@ TextMethod = Callable[["Tensor", int, Optional["Tensor"]], "Tensor"]
 
 
 def select(methods: Dict[str, Callable], patterns: Optional[Sequence[str]]) -> Dict[str, Callable]:
-    """The methods whose name contains one of ``patterns`` (case-insensitive); all for none."""
+    """The methods whose name contains one of ``patterns`` (case-insensitive); all for none.
+
+    Raises:
+        CLIError: a pattern that matches no method (the message lists the names).
+    """
+    from .._io import CLIError
+
     if not patterns:
         return methods
+    unknown = [m for m in patterns if not any(m.lower() in k.lower() for k in methods)]
+    if unknown:
+        raise CLIError(f"--methods {unknown[0]!r} matches no method; the methods are: " + "; ".join(methods))
     return {k: v for k, v in methods.items() if any(m.lower() in k.lower() for m in patterns)}
 
 

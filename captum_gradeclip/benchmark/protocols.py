@@ -12,6 +12,7 @@ with the metric keys of :mod:`.report`.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Tuple
@@ -153,10 +154,14 @@ def _shapes_text_side(clip: "LoadedCLIP", caps: List[str], imgs: List["Tensor"],
 
 def run_shapes(args: argparse.Namespace) -> dict:
     """The ShapesCLIP protocol on ``args.n`` scenes (``args.model``: another ShapesCLIP checkpoint)."""
+    from .._io import CLIError
     from ..models import load_shapes
 
     torch.manual_seed(0)
     clip = load_shapes(args.model)
+    tok = clip.tokenizer
+    if tok.convert_tokens_to_ids(args.word_replacement) in (None, tok.unk_token_id):
+        raise CLIError(f"--word-replacement {args.word_replacement!r} is not one token of the model's vocabulary")
     items = shapes_items(args.n)
     pixels = clip.pixels([it["image"] for it in items])
     results, examples = _shapes_image_side(clip, items, pixels, args)
@@ -184,7 +189,12 @@ def _folder_inputs(args: argparse.Namespace) -> Tuple[List[str], List[Path]]:
         raise CLIError(f"--images must be a folder of images, got {args.images}")
     if not args.prompts or not Path(args.prompts).is_file():
         raise CLIError("--prompts must be a text file with one prompt per line")
-    prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
+    try:
+        prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
+    except (UnicodeDecodeError, OSError) as e:
+        raise CLIError(f"cannot read --prompts {args.prompts} as text ({e.__class__.__name__})") from None
+    if not prompts:
+        raise CLIError(f"--prompts {args.prompts} holds no prompt: give one prompt per line")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if args.n:
         files = files[: args.n]
@@ -197,7 +207,7 @@ def run_folder(args: argparse.Namespace) -> dict:
     """The folder protocol: ``args.model`` / ``args.open_clip`` on ``args.images`` and ``args.prompts``."""
     from tqdm.auto import tqdm
 
-    from .._io import open_image
+    from .._io import CLIError, open_image
     from ..models import load
 
     prompts, files = _folder_inputs(args)
@@ -206,8 +216,14 @@ def run_folder(args: argparse.Namespace) -> dict:
     methods = select(image_methods(clip, sim), args.methods)
     scores = {name: {m.key: [] for m in FAITHFULNESS} for name in methods}
     seconds = dict.fromkeys(methods, 0.0)
+    skipped = []
     for f in tqdm(files, desc="images"):
-        px = clip.pixels([open_image(str(f))])
+        try:
+            px = clip.pixels([open_image(str(f))])
+        except CLIError as e:  # a truncated or unreadable file: skip it, say so, report it
+            print(f"skipping {f.name}: {e}", file=sys.stderr)
+            skipped.append(f.name)
+            continue
         with torch.no_grad():
             t = sim(px).argmax(1)
         for name, fn in methods.items():
@@ -216,7 +232,10 @@ def run_folder(args: argparse.Namespace) -> dict:
             seconds[name] += time.perf_counter() - t0
             for key, v in faithfulness(sim, px, m, t, args).items():
                 scores[name][key].append(v.item())
+    n_read = len(files) - len(skipped)
+    if not n_read:
+        raise CLIError(f"none of the {len(files)} images in {args.images} could be read")
     res = {name: {**{k: sum(v) / len(v) for k, v in s.items()},
-                  MS_PER_EXPLANATION.key: 1000 * seconds[name] / len(files)} for name, s in scores.items()}
-    return dict(protocol="folder", images=len(files), prompts=len(prompts), step=args.step,
+                  MS_PER_EXPLANATION.key: 1000 * seconds[name] / n_read} for name, s in scores.items()}
+    return dict(protocol="folder", images=n_read, skipped=skipped, prompts=len(prompts), step=args.step,
                 replacement=args.replacement, image=res, text={})
