@@ -110,8 +110,9 @@ class ImageGradECLIP(LayerGradECLIP):
         single_head: bool = False,
         patch_size: Optional[int] = None,
     ) -> None:
+        make = getattr(forward_func, "image_layout", None)  # a tower that pools its own way (SigLIP's probe)
         super().__init__(forward_func, layer, device_ids, spatial=spatial, single_head=single_head,
-                         layout=ImageLayout(forward_func, patch_size))
+                         layout=make(patch_size) if callable(make) else ImageLayout(forward_func, patch_size))
 
     @property
     def patch_size(self) -> Any:
@@ -151,8 +152,9 @@ class TextGradECLIP(LayerGradECLIP):
         single_head: bool = False,
         eos_token_id: Optional[int] = None,
     ) -> None:
+        make = getattr(forward_func, "text_layout", None)  # a tower that pools CLS or the last token
         super().__init__(forward_func, layer, device_ids, spatial=spatial, single_head=single_head,
-                         layout=TextLayout(forward_func, eos_token_id))
+                         layout=make(eos_token_id) if callable(make) else TextLayout(forward_func, eos_token_id))
 
     @property
     def eos_token_id(self) -> Optional[int]:

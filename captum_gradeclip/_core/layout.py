@@ -159,6 +159,12 @@ class ImageLayout(TokenLayout):
                 "captum_gradeclip.baselines or Captum's LayerGradCam)"
             )
         self.patch_size = patch_size if patch_size is not None else getattr(forward_func, "patch_size", None)
+        token = getattr(forward_func, "pooled_token", 0)
+        #: the pooled token's index (DeiT's distillation head pools token 1)
+        self.pooled_token = token if isinstance(token, int) and not isinstance(token, bool) else 0
+
+    def pooled(self, inputs: Tuple[Tensor, ...], capture: Capture) -> Tensor:
+        return torch.full((capture.value.shape[0],), self.pooled_token, dtype=torch.long, device=capture.value.device)
 
     def _patch(self) -> Optional[Tuple[int, int]]:
         p = self.patch_size

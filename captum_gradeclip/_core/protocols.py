@@ -34,6 +34,9 @@ class ImageScoreFunction(ScoreFunction, Protocol):
       when it pools no single token (average pooling, attentional poolers): then Grad-ECLIP,
       which explains the pooled token's attention row, refuses the model.
     - ``image_pool``: a name for how the tower pools, quoted in that error.
+    - ``image_layout(patch_size)``: a method returning the
+      :class:`~captum_gradeclip._core.layout.ImageLayout` ``ImageGradECLIP`` uses, for a tower that
+      pools otherwise (SigLIP's attention-pooling probe, see :mod:`captum_gradeclip.families`).
     """
 
     patch_size: Optional[Union[int, Tuple[int, int]]]
@@ -47,6 +50,9 @@ class TextScoreFunction(ScoreFunction, Protocol):
     Optional method, read by ``TextGradECLIP`` and the text baselines: ``eos_positions(input_ids)
     -> (T,)`` long, the position the tower pools. Missing: the class finds the first
     ``eos_token_id`` (its constructor argument) or, without one, the argmax of the ids.
+    Optional method ``text_layout(eos_token_id)``: the
+    :class:`~captum_gradeclip._core.layout.TextLayout` ``TextGradECLIP`` uses, for a tower that
+    pools another token than EOS (BLIP's CLS, SigLIP's last token).
     """
 
     def eos_positions(self, input_ids: Tensor) -> Tensor: ...

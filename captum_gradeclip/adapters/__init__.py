@@ -18,7 +18,9 @@ from torch import nn
 from .base import AttentionAdapter, Capture
 from .fused_qkv import FusedQKVSelfAttentionAdapter
 from .hf_clip import QKVOutProjAdapter
+from .hf_vit import SeparateQKVAdapter
 from .mha import AttentionPool2dAdapter, MultiheadAttentionAdapter
+from .qkv_linear import FusedQKVLinearAdapter
 
 _REGISTRY: List[Type[AttentionAdapter]] = []
 
@@ -37,7 +39,8 @@ def registered_adapters() -> List[Type[AttentionAdapter]]:
     return list(_REGISTRY)
 
 
-for _cls in (QKVOutProjAdapter, MultiheadAttentionAdapter, FusedQKVSelfAttentionAdapter, AttentionPool2dAdapter):
+for _cls in (QKVOutProjAdapter, MultiheadAttentionAdapter, FusedQKVSelfAttentionAdapter, AttentionPool2dAdapter,
+             SeparateQKVAdapter, FusedQKVLinearAdapter):
     register_adapter(_cls)
 
 
@@ -87,9 +90,11 @@ __all__ = [
     "AttentionAdapter",
     "AttentionPool2dAdapter",
     "Capture",
+    "FusedQKVLinearAdapter",
     "FusedQKVSelfAttentionAdapter",
     "MultiheadAttentionAdapter",
     "QKVOutProjAdapter",
+    "SeparateQKVAdapter",
     "find_adapter",
     "register_adapter",
     "registered_adapters",
