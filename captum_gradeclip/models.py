@@ -189,10 +189,16 @@ def load_hf(name: str) -> LoadedCLIP:
     """A Hugging Face CLIP by hub name or ``save_pretrained`` folder, in eval mode.
 
     Raises:
-        ModelError: it cannot be loaded (no such folder, no network for a hub name, not a CLIP).
+        ModelError: it cannot be loaded (no such folder, no network for a hub name, not a CLIP); a
+            ViT/DeiT classifier, SigLIP or BLIP (the message gives the Python lines that explain it).
     """
     from transformers import CLIPModel, CLIPProcessor
 
+    from .families.hints import family_hint
+
+    hint = family_hint(name)  # a ViT/DeiT classifier, SigLIP, BLIP: explained from Python
+    if hint is not None:
+        raise ModelError(hint)
     try:
         model = CLIPModel.from_pretrained(name)
         processor = CLIPProcessor.from_pretrained(name)

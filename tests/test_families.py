@@ -287,3 +287,20 @@ def test_wrong_model_for_a_helper():
         SiglipImageTextSimilarity(vit(), torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="BlipForImageTextRetrieval"):
         BlipTextImageSimilarity(siglip(), torch.zeros(1, 3, 32, 32))
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("make, code", [(vit, "ImageClassifierLogits"), (siglip, "SiglipImageTextSimilarity"),
+                                        (blip, "BlipImageTextSimilarity")])
+def test_explain_model_recognises_the_family(make, code, tmp_path, capsys):
+    from PIL import Image
+
+    from captum_gradeclip.cli import main
+
+    make().save_pretrained(tmp_path / "m")
+    img = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(img)
+    assert main(["explain", str(img), "--text", "a red circle", "--model", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert code in err and "runs CLIP image-text models only" in err
