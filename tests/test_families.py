@@ -7,13 +7,26 @@ import torch
 from conftest import hook_count
 from family_references import blip_vision_reference, siglip_head_reference, vit_classifier_reference
 from torch import nn
-from transformers import (BlipConfig, BlipForImageTextRetrieval, DeiTConfig, DeiTForImageClassificationWithTeacher,
-                          SiglipConfig, SiglipModel, ViTConfig, ViTForImageClassification)
+from transformers import (
+    BlipConfig,
+    BlipForImageTextRetrieval,
+    DeiTConfig,
+    DeiTForImageClassificationWithTeacher,
+    SiglipConfig,
+    SiglipModel,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 from captum_gradeclip import ImageGradECLIP, TextGradECLIP
 from captum_gradeclip.adapters import FusedQKVLinearAdapter, SeparateQKVAdapter, find_adapter
-from captum_gradeclip.families import (BlipImageTextSimilarity, BlipTextImageSimilarity, ImageClassifierLogits,
-                                       SiglipImageTextSimilarity, SiglipTextImageSimilarity)
+from captum_gradeclip.families import (
+    BlipImageTextSimilarity,
+    BlipTextImageSimilarity,
+    ImageClassifierLogits,
+    SiglipImageTextSimilarity,
+    SiglipTextImageSimilarity,
+)
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 
