@@ -111,6 +111,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from .benchmark import add_parser as add_benchmark
+    from .scale.cli import add_parser as add_explain_dataset
 
     ap = argparse.ArgumentParser(prog="captum-gradeclip", description="Grad-ECLIP explanations of CLIP.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -127,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="explanation.png")
     e.set_defaults(func=cmd_explain)
     add_benchmark(sub)
+    add_explain_dataset(sub)
     return ap
 
 

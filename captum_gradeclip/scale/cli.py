@@ -1,0 +1,119 @@
+"""The ``explain-dataset`` command: its flags, the job's configuration, and the run.
+
+    captum-gradeclip explain-dataset --images DIR --prompts prompts.txt --out OUT
+    torchrun --nproc-per-node 2 -m captum_gradeclip explain-dataset --images DIR --pairs pairs.jsonl --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .._io import CLIError
+
+#: How to install what this command needs beyond the package.
+SCALE_INSTALL = "pip install 'captum-gradeclip[scale]'"
+
+
+def work_items(args: argparse.Namespace) -> List[Any]:
+    """The sorted work list of ``--images`` with ``--prompts``, ``--pairs`` or ``--class-prompts``.
+
+    Raises:
+        CLIError: see :mod:`.data`.
+    """
+    from .data import class_items, pair_items, prompt_items, read_prompts
+
+    root = Path(args.images)
+    if args.pairs:
+        return pair_items(root, args.pairs)
+    if args.class_prompts:
+        return class_items(root, args.class_prompts)
+    return prompt_items(root, read_prompts(args.prompts))
+
+
+def method_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The :class:`~.explain.CLIPExplainer` options the flags choose."""
+    return dict(layers=list(args.layers), spatial=args.spatial, single_head=args.single_head,
+                text_maps=args.text_maps)
+
+
+def job_description(args: argparse.Namespace, items: List[Any]) -> Dict[str, Any]:
+    """What identifies the job (besides its sizes): the model, the method, the work list's hash."""
+    from .explain import CLIPExplainer
+
+    digest = hashlib.sha256(json.dumps([[it.image, list(it.texts)] for it in items]).encode()).hexdigest()
+    inputs = "pairs" if args.pairs else "class-prompts" if args.class_prompts else "prompts"
+    return {"model": {"hf": args.model, "open_clip": args.open_clip,
+                      "name": args.open_clip or args.model or "ShapesCLIP (shipped)"},
+            "explainer": CLIPExplainer.describe(**method_options(args)),
+            "inputs": {"kind": inputs, "work_list_sha256": digest,
+                       "texts": sum(len(it.texts) for it in items)}}
+
+
+def cmd_explain_dataset(args: argparse.Namespace) -> None:
+    """Run the job on this rank; rank 0 prints the summary."""
+    from ..models import check_choice, load
+    from . import dist
+    from .data import ImageFolderDataset
+    from .engine import job_config, run, start
+    from .explain import CLIPExplainer
+
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise CLIError(f"explain-dataset writes Parquet with pyarrow: {SCALE_INSTALL}") from None
+    check_choice(args.model, args.open_clip)
+    if args.batch_size < 1 or args.shard_size < 1:
+        raise CLIError(f"--batch-size and --shard-size must be >= 1, got {args.batch_size} and {args.shard_size}")
+    items = work_items(args)
+    out = Path(args.out)
+    ranks = dist.init(args.device)
+    try:
+        start(out, job_config(job_description(args, items), len(items), args.shard_size, args.batch_size), ranks)
+        clip = load(args.model, args.open_clip)
+        clip.model.to(ranks.device)
+        n_layers = len(clip.image_layers)
+        if any(not -n_layers <= i < n_layers for i in args.layers):
+            raise CLIError(f"--layers must index the image tower's {n_layers} attention layers, got {args.layers}")
+        explainer = CLIPExplainer(clip, device=ranks.device, **method_options(args))
+        dataset = ImageFolderDataset(Path(args.images), items, clip.pixels)
+        summary = run(dataset, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
+                      num_workers=args.workers, progress=not args.no_progress)
+    finally:
+        ranks.close()
+    if ranks.rank == 0:
+        print(f"{out}: {summary['images']} images, {summary['pairs']} pairs, {summary['errors']} errors; "
+              f"this run: {summary['images_this_run']} images in {summary['wall_s']:.1f} s "
+              f"({summary['images_per_s']:.2f} images/s on {summary['world_size']} process(es)), "
+              f"{summary['skipped_shards']} shard(s) already done", file=sys.stderr)
+
+
+def add_parser(sub: "argparse._SubParsersAction") -> None:
+    """Add the ``explain-dataset`` command to the ``captum-gradeclip`` subcommands ``sub``."""
+    p = sub.add_parser("explain-dataset", help="explain a whole image folder into Parquet shards "
+                       "(sharded over torchrun's processes, resumable)")
+    p.add_argument("--images", required=True, help="image folder (recursive: .jpg .jpeg .png .webp .bmp)")
+    texts = p.add_mutually_exclusive_group(required=True)
+    texts.add_argument("--prompts", help="text file: every image against every line")
+    texts.add_argument("--pairs", help='JSON lines {"image": "rel/path.jpg", "texts": [...]}: per-image texts')
+    texts.add_argument("--class-prompts", metavar="TEMPLATE",
+                       help='class-folder tree (ROOT/CLASS/IMAGE): every image against "TEMPLATE" of each class, '
+                            'e.g. "a photo of a {}."')
+    p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    p.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
+    p.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]", help="an open_clip model instead")
+    p.add_argument("--layers", type=int, nargs="+", default=[-1],
+                   help="image attention layers to explain, as indices (default: -1, the last)")
+    p.add_argument("--spatial", default="cosine", choices=["cosine", "cosine_per_head", "attention", "uniform"])
+    p.add_argument("--single-head", action="store_true", help="the authors' single-head reproduction mode")
+    p.add_argument("--text-maps", action="store_true", help="also write word maps (words, word_map)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--shard-size", type=int, default=256, help="images per shard (default 256)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images (default 2)")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0, ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_explain_dataset)

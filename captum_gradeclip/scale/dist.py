@@ -1,0 +1,80 @@
+"""Which process this is, on PyTorch's own distributed runtime.
+
+``torchrun`` (``python -m torch.distributed.run``) sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` and the rendezvous variables; the process group (gloo on CPU, nccl on GPU) is
+initialised only when ``WORLD_SIZE`` > 1, so one plain process needs no ``torch.distributed`` at
+all. Ranks only exchange small Python objects (an error message, counts); the data goes through
+the file system.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, List
+
+import torch
+
+#: How long a rank waits for the others at the final barrier: ranks finish at different times,
+#: and torchrun ends the job if one of them dies.
+BARRIER_TIMEOUT = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """``rank`` of ``world`` processes; ``device`` this rank computes on; ``owns_group``: this
+    module initialised the process group (and destroys it in :meth:`close`)."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    owns_group: bool = False
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj``, on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        out: List[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def init(device: str = "auto") -> Ranks:
+    """This process' :class:`Ranks`: from an already initialised process group, from torchrun's
+    environment (``WORLD_SIZE`` > 1: initialise gloo, or nccl when the device is a GPU), or a
+    single process.
+
+    Args:
+        device: ``"auto"`` (``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``), or a
+            device string.
+    """
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size(), device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Ranks(device=device)
+    gpu = device.startswith("cuda")
+    if gpu:
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group("nccl" if gpu else "gloo", timeout=BARRIER_TIMEOUT)
+    return Ranks(dist.get_rank(), dist.get_world_size(), device, owns_group=True)

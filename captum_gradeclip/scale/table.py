@@ -1,0 +1,87 @@
+"""The rows of a dataset job as an Arrow table, and reading them back with maps as tensors.
+
+One row per (image, text): ``image`` (string: the path relative to the input root), ``text``
+(string), ``text_index`` (int32: the text's position among the image's texts), ``score``
+(float32: the explained cosine), ``map`` (list<float16>: the raw map, flattened row-major),
+``map_h``, ``map_w`` (int32: its grid); with word maps also ``words`` (list<string>: the text's
+tokens between SOS and EOS) and ``word_map`` (list<float16>: one value per token).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import torch
+
+
+def schema(text_maps: bool) -> Any:
+    """The Arrow schema of a job's shards."""
+    import pyarrow as pa
+
+    fields = [("image", pa.string()), ("text", pa.string()), ("text_index", pa.int32()),
+              ("score", pa.float32()), ("map", pa.list_(pa.float16())), ("map_h", pa.int32()),
+              ("map_w", pa.int32())]
+    if text_maps:
+        fields += [("words", pa.list_(pa.string())), ("word_map", pa.list_(pa.float16()))]
+    return pa.schema(fields)
+
+
+def to_table(rows: Sequence[Dict[str, Any]], text_maps: bool) -> Any:
+    """Rows ``{"image", "text", "text_index", "score", "map" (h, w)[, "words", "word_map" (W,)]}``
+    as an Arrow table of :func:`schema`."""
+    import numpy as np
+    import pyarrow as pa
+
+    def f16(t: torch.Tensor) -> Any:
+        return pa.array(t.reshape(-1).to(torch.float16).numpy(), type=pa.float16())
+
+    def lists(values: List[Any]) -> Any:
+        offsets = np.cumsum([0] + [len(v) for v in values], dtype=np.int32)
+        flat = pa.concat_arrays(values) if values else pa.array([], type=pa.float16())
+        return pa.ListArray.from_arrays(pa.array(offsets), flat)
+
+    cols: Dict[str, Any] = {
+        "image": [r["image"] for r in rows], "text": [r["text"] for r in rows],
+        "text_index": [r["text_index"] for r in rows], "score": [r["score"] for r in rows],
+        "map": lists([f16(r["map"]) for r in rows]),
+        "map_h": [r["map"].shape[0] for r in rows], "map_w": [r["map"].shape[1] for r in rows],
+    }
+    if text_maps:
+        cols["words"] = [list(r["words"]) for r in rows]
+        cols["word_map"] = lists([f16(r["word_map"]) for r in rows])
+    return pa.Table.from_pydict(cols, schema=schema(text_maps))
+
+
+def _files(out: Union[str, Path]) -> List[Path]:
+    files = sorted(Path(out).glob("shard-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no shard-*.parquet files in {out}")
+    return files
+
+
+def read_maps(out: Union[str, Path], columns: Optional[Sequence[str]] = None) -> Iterator[Dict[str, Any]]:
+    """The rows of a finished (or partly finished) job, shard by shard, with ``map`` as a float32
+    tensor ``(map_h, map_w)`` and ``word_map`` (if any) as ``(W,)``.
+
+    Args:
+        out: the job's output folder.
+        columns: only these columns (``map`` needs ``map_h`` and ``map_w``, added for it).
+
+    Yields:
+        one dict per row.
+
+    Raises:
+        FileNotFoundError: no shards in ``out``.
+    """
+    import pyarrow.parquet as pq
+
+    cols = None if columns is None else list(dict.fromkeys(
+        list(columns) + (["map_h", "map_w"] if "map" in columns else [])))
+    for f in _files(out):
+        for row in pq.read_table(f, columns=cols).to_pylist():
+            if "map" in row:
+                row["map"] = torch.tensor(row["map"], dtype=torch.float32).reshape(row["map_h"], row["map_w"])
+            if row.get("word_map") is not None:
+                row["word_map"] = torch.tensor(row["word_map"], dtype=torch.float32)
+            yield row
