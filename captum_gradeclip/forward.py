@@ -106,6 +106,9 @@ def _check_embeds(model: nn.Module, embeds: Tensor, name: str, letter: str) -> N
 
 
 def _check_model(model: nn.Module) -> None:
+    if hasattr(model, "logit_bias") and hasattr(getattr(model, "vision_model", None), "head"):
+        raise TypeError(f"{type(model).__name__} is a SigLIP model (sigmoid logits, attention-pooling head); "
+                        "use captum_gradeclip.SiglipImageTextSimilarity / SiglipTextImageSimilarity")
     for name in ("get_image_features", "get_text_features", "logit_scale"):
         if not hasattr(model, name):
             raise TypeError(

@@ -338,3 +338,10 @@ def test_readme_model_families_block_runs():
     exec(compile("\n".join(lines), "README model families", "exec"), scope)
     assert scope["cls_map"].shape == (2, 1, 4, 4) and scope["sig_maps"].shape == (2, 3, 4, 4)
     assert scope["sig_words"].shape == (3, 8) and scope["blip_words"].shape == scope["blip_ids"].shape
+
+
+def test_clip_helpers_refuse_siglip_with_what_to_use():
+    from captum_gradeclip import ImageTextSimilarity
+
+    with pytest.raises(TypeError, match="SiglipImageTextSimilarity"):
+        ImageTextSimilarity(siglip(), input_ids=torch.randint(2, 50, (2, 8)))
