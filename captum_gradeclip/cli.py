@@ -98,11 +98,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from .models import load
+    from .models import check_choice, load
     from .visualization import explanation_figure
 
     check_texts(args.text)
     check_output_file(args.out)
+    check_choice(args.model, args.open_clip)
     image = open_image(args.image)
     res = explain(load(args.model, args.open_clip), image, args.text)
     fig = explanation_figure(image, args.text, res["maps"], res["scores"], res["text_rows"])
@@ -138,7 +139,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args.func(args)
     except CLIError as err:
-        print(f"captum-gradeclip: error: {err}", file=sys.stderr)
+        print(f"captum-gradeclip: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
     return 0
 
