@@ -345,3 +345,16 @@ def test_clip_helpers_refuse_siglip_with_what_to_use():
 
     with pytest.raises(TypeError, match="SiglipImageTextSimilarity"):
         ImageTextSimilarity(siglip(), input_ids=torch.randint(2, 50, (2, 8)))
+
+
+def test_shipped_shapes_classifier_classifies_and_grad_eclip_points_at_the_object():
+    from captum_gradeclip.metrics import pointing_game
+    from captum_gradeclip.shapes.classifier import accuracy, class_of, load_shapes_classifier, scenes
+
+    model = load_shapes_classifier()
+    assert accuracy(model, n=100, seed0=0) > 0.7
+    px, sc = scenes(40, seed0=0)
+    target = torch.tensor([class_of(s) for s in sc])
+    maps = ImageGradECLIP(ImageClassifierLogits(model), model.vit.layers[-1]).attribute(px, target=target)
+    masks = torch.stack([s.masks[0] for s in sc])
+    assert float(pointing_game(maps, masks, tolerance=4).float().mean()) > 0.6
