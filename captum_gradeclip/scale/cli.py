@@ -15,10 +15,6 @@ from typing import Any, Dict, List
 
 from .._io import CLIError
 
-#: How to install what this command needs beyond the package.
-SCALE_INSTALL = "pip install 'captum-gradeclip[scale]'"
-
-
 def work_items(args: argparse.Namespace) -> List[Any]:
     """The sorted work list of ``--images`` with ``--prompts``, ``--pairs`` or ``--class-prompts``.
 
@@ -61,11 +57,9 @@ def cmd_explain_dataset(args: argparse.Namespace) -> None:
     from .data import ImageFolderDataset
     from .engine import job_config, run, start
     from .explain import CLIPExplainer
+    from .store import require_pyarrow
 
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise CLIError(f"explain-dataset writes Parquet with pyarrow: {SCALE_INSTALL}") from None
+    require_pyarrow("explain-dataset")
     check_choice(args.model, args.open_clip)
     if args.batch_size < 1 or args.shard_size < 1:
         raise CLIError(f"--batch-size and --shard-size must be >= 1, got {args.batch_size} and {args.shard_size}")

@@ -139,12 +139,12 @@ class ImageFolderDataset:
         return len(self.items)
 
     def __getitem__(self, i: int) -> Example:
-        from PIL import Image
+        """Raises:
+            CLIError: the file is missing, unreadable or truncated (the engine makes it an error row)."""
+        from .._io import open_image
 
         item = self.items[i]
-        with Image.open(self.root / item.image) as im:
-            rgb = im.convert("RGB")
-        return Example(item.image, self.to_pixels([rgb])[0], item.texts)
+        return Example(item.image, self.to_pixels([open_image(str(self.root / item.image))])[0], item.texts)
 
 
 def key_of(dataset: Any, i: int) -> Optional[str]:

@@ -18,13 +18,13 @@ import json
 import os
 import signal
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from .._io import CLIError
 from . import dist, store
 from .data import key_of
 from .table import to_table
@@ -53,7 +53,12 @@ class _Safe:
                 raise TypeError(f"pixels must be a (3, H, W) tensor, got {type(pixels).__name__}")
             return ("ok", i, str(key), pixels, list(texts))
         except Exception as e:  # a bad input never stops the run: it becomes an error row
-            return ("error", i, key_of(self.dataset, i), f"{type(e).__name__}: {e}")
+            return ("error", i, key_of(self.dataset, i), _reason(e))
+
+
+def _reason(e: Exception) -> str:
+    """An error row's reason: a user error's message, else the exception's type and message."""
+    return str(e) if isinstance(e, CLIError) else f"{type(e).__name__}: {e}"
 
 
 def _collate(records: List[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
@@ -90,9 +95,12 @@ def _error(key: Optional[str], reason: str, text: Optional[str] = None) -> Dict[
 class _Runner:
     """One rank's loop over its batches (see the module docstring)."""
 
-    def __init__(self, explain: BatchExplainer, out: Path, text_maps: bool, log: Any) -> None:
-        self.explain, self.out, self.text_maps, self.log = explain, out, text_maps, log
+    def __init__(self, explain: BatchExplainer, out: Path, log: Any) -> None:
+        self.explain, self.out, self.log = explain, out, log
+        text_maps = bool(getattr(explain, "text_maps", False))
+        self.to_table = getattr(explain, "to_table", None) or (lambda rows: to_table(rows, text_maps))
         self.rows_done = 0
+        self.first_failure: Optional[Exception] = None
         self.written = 0
         kill = os.environ.get(KILL_ENV, "")
         self.kill_rank, _, n = kill.partition(":")
@@ -103,9 +111,9 @@ class _Runner:
         text by text (only the inputs that fail are lost)."""
         try:
             return self._rows(good, self.explain(torch.stack([g[3] for g in good]), [g[4] for g in good])), []
-        except Exception:
+        except Exception as e:
             if len(good) == 1:
-                return self._texts_one_by_one(good[0])
+                return self._one_failed(good[0], e)
         rows, errors = [], []
         for g in good:
             r, e = self.explain_group([g])
@@ -113,15 +121,22 @@ class _Runner:
             errors += e
         return rows, errors
 
+    def _one_failed(self, g: Tuple[Any, ...], e: Exception) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+        """One image that failed: text by text, or (an explainer with ``splits_texts = False``,
+        whose texts go together) an error row for the image."""
+        if getattr(self.explain, "splits_texts", True):
+            return self._texts_one_by_one(g)
+        self.first_failure = self.first_failure or e
+        return [], [_error(g[2], _reason(e))]
+
     def _texts_one_by_one(self, g: Tuple[Any, ...]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
         rows, errors = [], []
         for j, t in enumerate(g[4]):
             try:
                 r = self.explain(g[3][None], [[t]])[0]
             except Exception as e:
-                if self.rows_done == 0 and os.environ.get("CAPTUM_GRADECLIP_DEBUG"):
-                    traceback.print_exc()
-                errors.append(_error(g[2], f"{type(e).__name__}: {e}", t))
+                self.first_failure = self.first_failure or e
+                errors.append(_error(g[2], _reason(e), t))
                 continue
             rows += [{**r[0], "image": g[2], "text_index": j}]
         return rows, errors
@@ -130,7 +145,10 @@ class _Runner:
         return [{**r, "image": g[2], "text_index": j} for g, rs in zip(good, rows) for j, r in enumerate(rs)]
 
     def batch(self, records: List[Tuple[Any, ...]], shard: _Shard) -> None:
-        """Explain one batch into ``shard``; same-shape images are explained together."""
+        """Explain one batch into ``shard``; same-shape images are explained together, with
+        torch's random generator seeded by the batch's first index (the same numbers whatever
+        the world size, and on a rerun)."""
+        torch.manual_seed(records[0][1])
         groups: Dict[Tuple[int, ...], List[Tuple[Any, ...]]] = {}
         for rec in records:
             if rec[0] == "error":
@@ -139,13 +157,17 @@ class _Runner:
                 groups.setdefault(tuple(rec[3].shape), []).append(rec)
         for good in groups.values():
             rows, errors = self.explain_group(good)
+            if not rows and not self.rows_done and self.first_failure is not None:
+                raise RuntimeError(f"every input of this rank's first batch failed to explain ({len(good)} images), "
+                                   f"a problem of the job rather than of its inputs: {_reason(self.first_failure)}"
+                                   ) from self.first_failure
             shard.rows += rows
             shard.errors += errors
             self.rows_done += len(rows)
         shard.left -= len(records)
 
     def finish(self, shard: _Shard, rank: int) -> None:
-        store.write_shard(self.out, shard.index, to_table(shard.rows, self.text_maps), shard.errors)
+        store.write_shard(self.out, shard.index, self.to_table(shard.rows), shard.errors)
         self.written += 1
         print(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "shard": shard.index, "rows": len(shard.rows),
                           "errors": len(shard.errors), "seconds": round(time.perf_counter() - shard.t0, 3)}),
@@ -213,8 +235,7 @@ def run(dataset: Any, explainer: BatchExplainer, out: Path, ranks: "dist.Ranks",
     shards = plan(len(dataset), shard_size)
     mine = [i for i in range(len(shards)) if i % ranks.world == ranks.rank]
     todo = [i for i in mine if not store.is_done(out, i)]
-    runner = _Runner(explainer, out, bool(getattr(explainer, "text_maps", False)),
-                     open(out / "logs" / f"rank-{ranks.rank}.log", "a"))
+    runner = _Runner(explainer, out, open(out / "logs" / f"rank-{ranks.rank}.log", "a"))
     t0 = time.perf_counter()
     images = sum(len(shards[i]) for i in todo)
     with runner.log, _progress(images, ranks, progress) as bar:

@@ -27,6 +27,18 @@ class ScaleError(CLIError):
     configuration in it, a shard missing at the end."""
 
 
+#: How to install what the dataset engine needs beyond the package.
+SCALE_INSTALL = "pip install 'captum-gradeclip[scale]'"
+
+
+def require_pyarrow(what: str) -> None:
+    """Raises :class:`ScaleError` (naming ``what`` needs it) when pyarrow is not installed."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ScaleError(f"{what} writes Parquet with pyarrow: {SCALE_INSTALL}") from None
+
+
 def shard_path(out: Path, i: int) -> Path:
     return out / f"shard-{i:05d}.parquet"
 

@@ -33,23 +33,21 @@ def to_table(rows: Sequence[Dict[str, Any]], text_maps: bool) -> Any:
     import numpy as np
     import pyarrow as pa
 
-    def f16(t: torch.Tensor) -> Any:
-        return pa.array(t.reshape(-1).to(torch.float16).numpy(), type=pa.float16())
-
-    def lists(values: List[Any]) -> Any:
-        offsets = np.cumsum([0] + [len(v) for v in values], dtype=np.int32)
-        flat = pa.concat_arrays(values) if values else pa.array([], type=pa.float16())
-        return pa.ListArray.from_arrays(pa.array(offsets), flat)
+    def lists(values: List[torch.Tensor]) -> Any:
+        """Tensors as one list<float16> array (one flat buffer and its offsets)."""
+        offsets = np.cumsum([0] + [v.numel() for v in values], dtype=np.int32)
+        flat = torch.cat([v.reshape(-1) for v in values]) if values else torch.zeros(0)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.to(torch.float16).numpy(), type=pa.float16()))
 
     cols: Dict[str, Any] = {
         "image": [r["image"] for r in rows], "text": [r["text"] for r in rows],
         "text_index": [r["text_index"] for r in rows], "score": [r["score"] for r in rows],
-        "map": lists([f16(r["map"]) for r in rows]),
+        "map": lists([r["map"] for r in rows]),
         "map_h": [r["map"].shape[0] for r in rows], "map_w": [r["map"].shape[1] for r in rows],
     }
     if text_maps:
         cols["words"] = [list(r["words"]) for r in rows]
-        cols["word_map"] = lists([f16(r["word_map"]) for r in rows])
+        cols["word_map"] = lists([r["word_map"] for r in rows])
     return pa.Table.from_pydict(cols, schema=schema(text_maps))
 
 
@@ -79,9 +77,22 @@ def read_maps(out: Union[str, Path], columns: Optional[Sequence[str]] = None) ->
     cols = None if columns is None else list(dict.fromkeys(
         list(columns) + (["map_h", "map_w"] if "map" in columns else [])))
     for f in _files(out):
-        for row in pq.read_table(f, columns=cols).to_pylist():
+        table = pq.read_table(f, columns=cols)
+        lists = {c: _tensors(table.column(c)) for c in ("map", "word_map") if c in table.column_names}
+        plain = table.drop_columns(list(lists)).to_pylist()
+        for i, row in enumerate(plain):
+            for c, values in lists.items():
+                row[c] = values[i]
             if "map" in row:
-                row["map"] = torch.tensor(row["map"], dtype=torch.float32).reshape(row["map_h"], row["map_w"])
-            if row.get("word_map") is not None:
-                row["word_map"] = torch.tensor(row["word_map"], dtype=torch.float32)
+                row["map"] = row["map"].reshape(row["map_h"], row["map_w"])
             yield row
+
+
+def _tensors(column: Any) -> List[torch.Tensor]:
+    """A list<float16> column as float32 tensors, one per row (one conversion of the buffer)."""
+    import numpy as np
+
+    arr = column.combine_chunks()
+    flat = torch.from_numpy(np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32))
+    offsets = arr.offsets.to_numpy() - arr.offsets[0].as_py()
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(arr))]
