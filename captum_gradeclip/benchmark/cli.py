@@ -39,12 +39,15 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     """Run the folder protocol (``--images``, ``--prompts``) or the ShapesCLIP one, and write
     ``benchmark.json``, ``.md`` and ``.png`` to ``--out-dir``."""
     from .memory import add_peak_memory
-    from .protocols import run_folder, run_shapes
+    from .folder import run_folder
+    from .protocols import run_shapes
     from .report import save
 
     _check(args)
     if args.images:
         res = run_folder(args)
+        if res is None:  # a rank other than 0 under torchrun: rank 0 reports
+            return
     else:
         res = run_shapes(args)
         if not args.no_memory:

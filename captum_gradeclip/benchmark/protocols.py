@@ -2,8 +2,9 @@
 
 - :func:`run_shapes`: held-out ShapesCLIP scenes with object masks: localisation, faithfulness
   and text-side word deletion.
-- :func:`run_folder`: any CLIP on a folder of images and a prompt file: faithfulness only, each
-  image explained for the prompt the model ranks first.
+- the folder protocol (any CLIP, a folder of images and a prompt file: faithfulness only, each
+  image explained for the prompt the model ranks first) lives in :mod:`.folder`, on the dataset
+  engine, with the same deletion / insertion scoring as :func:`faithfulness`, per image.
 
 Both return ``{"protocol": ..., "image": {method: {metric key: value}}, "text": {...}, ...}``
 with the metric keys of :mod:`.report`.
@@ -12,9 +13,7 @@ with the metric keys of :mod:`.report`.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Tuple
 
 import torch
@@ -39,8 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..models import LoadedCLIP
     from .methods import ImageMethod
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 def faithfulness(sim: "nn.Module", pixels: "Tensor", maps: "Tensor", targets: "Tensor",
@@ -171,71 +168,3 @@ def run_shapes(args: argparse.Namespace) -> dict:
                 replacement=args.replacement, image=results, text=text_results,
                 _examples=dict(maps=examples, image=items[0]["image"], prompt=items[0]["prompt"],
                                mask=items[0]["mask"]))
-
-
-# ---- any CLIP, any images ----------------------------------------------------------------------
-
-
-def _folder_inputs(args: argparse.Namespace) -> Tuple[List[str], List[Path]]:
-    """``(prompts, image files)`` of ``--prompts`` and ``--images`` (the first ``--n`` files).
-
-    Raises:
-        CLIError: no such folder or prompt file, or no images in the folder.
-    """
-    from .._io import CLIError
-
-    folder = Path(args.images)
-    if not folder.is_dir():
-        raise CLIError(f"--images must be a folder of images, got {args.images}")
-    if not args.prompts or not Path(args.prompts).is_file():
-        raise CLIError("--prompts must be a text file with one prompt per line")
-    try:
-        prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
-    except (UnicodeDecodeError, OSError) as e:
-        raise CLIError(f"cannot read --prompts {args.prompts} as text ({e.__class__.__name__})") from None
-    if not prompts:
-        raise CLIError(f"--prompts {args.prompts} holds no prompt: give one prompt per line")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if args.n:
-        files = files[: args.n]
-    if not files:
-        raise CLIError(f"no images (.png, .jpg, ...) in {folder}")
-    return prompts, files
-
-
-def run_folder(args: argparse.Namespace) -> dict:
-    """The folder protocol: ``args.model`` / ``args.open_clip`` on ``args.images`` and ``args.prompts``."""
-    from tqdm.auto import tqdm
-
-    from .._io import CLIError, open_image
-    from ..models import load
-
-    prompts, files = _folder_inputs(args)
-    clip = load(args.model, args.open_clip)
-    sim = clip.image_similarity(*clip.tokens(prompts))
-    methods = select(image_methods(clip, sim), args.methods)
-    scores = {name: {m.key: [] for m in FAITHFULNESS} for name in methods}
-    seconds = dict.fromkeys(methods, 0.0)
-    skipped = []
-    for f in tqdm(files, desc="images"):
-        try:
-            px = clip.pixels([open_image(str(f))])
-        except CLIError as e:  # a truncated or unreadable file: skip it, say so, report it
-            print(f"skipping {f.name}: {e}", file=sys.stderr)
-            skipped.append(f.name)
-            continue
-        with torch.no_grad():
-            t = sim(px).argmax(1)
-        for name, fn in methods.items():
-            t0 = time.perf_counter()
-            m = fn(px, t).detach().float()
-            seconds[name] += time.perf_counter() - t0
-            for key, v in faithfulness(sim, px, m, t, args).items():
-                scores[name][key].append(v.item())
-    n_read = len(files) - len(skipped)
-    if not n_read:
-        raise CLIError(f"none of the {len(files)} images in {args.images} could be read")
-    res = {name: {**{k: sum(v) / len(v) for k, v in s.items()},
-                  MS_PER_EXPLANATION.key: 1000 * seconds[name] / n_read} for name, s in scores.items()}
-    return dict(protocol="folder", images=n_read, skipped=skipped, prompts=len(prompts), step=args.step,
-                replacement=args.replacement, image=res, text={})

@@ -33,6 +33,10 @@ from .table import to_table
 #: (the kill-and-resume tests use it; never set it otherwise).
 KILL_ENV = "CAPTUM_GRADECLIP_KILL_AFTER"
 
+#: ``(pixels (N, 3, H, W), texts: N lists) -> N lists of row dicts``. Optional attributes the
+#: engine reads: ``config()`` (recorded in the job's configuration), ``to_table(rows)`` (an Arrow
+#: table of a shard's rows; default :func:`.table.to_table`), ``text_maps`` (default schema with
+#: word maps), ``splits_texts`` (``False``: a failing image is not retried text by text).
 BatchExplainer = Callable[[torch.Tensor, Sequence[Sequence[str]]], List[List[Dict[str, Any]]]]
 
 
