@@ -53,8 +53,9 @@ def siglip(seed=0):
 def blip(seed=0):
     torch.manual_seed(seed)
     cfg = BlipConfig(text_config=dict(**SMALL, vocab_size=120, max_position_embeddings=16, encoder_hidden_size=32,
-                                      sep_token_id=102, bos_token_id=101, pad_token_id=0),
-                     vision_config=dict(**SMALL, image_size=32, patch_size=8), image_text_hidden_size=16)
+                                      sep_token_id=102, bos_token_id=101, pad_token_id=0, initializer_range=0.05),
+                     vision_config=dict(**SMALL, image_size=32, patch_size=8, initializer_range=0.05),
+                     image_text_hidden_size=16)  # BLIP's vision init (std 1e-10) would make every map ~0
     return BlipForImageTextRetrieval(cfg).eval()
 
 
@@ -358,3 +359,22 @@ def test_shipped_shapes_classifier_classifies_and_grad_eclip_points_at_the_objec
     maps = ImageGradECLIP(ImageClassifierLogits(model), model.vit.layers[-1]).attribute(px, target=target)
     masks = torch.stack([s.masks[0] for s in sc])
     assert float(pointing_game(maps, masks, tolerance=4).float().mean()) > 0.6
+
+
+def test_single_head_mode_on_the_new_adapters_explains_a_modified_model(px):
+    model, bl = vit(), blip()
+    ids, mask = _blip_texts()
+    with torch.no_grad():  # sharpen the attention: at the default init every head is near uniform
+        for w in (model.vit.layers[-1].attention.q_proj.weight, model.vit.layers[-1].attention.k_proj.weight,
+                  bl.vision_model.encoder.layers[-1].self_attn.qkv.weight):
+            w.mul_(30)
+    for fn, layer in ((ImageClassifierLogits(model), model.vit.layers[-1]),
+                      (BlipImageTextSimilarity(bl, ids, mask), bl.vision_model.encoder.layers[-1])):
+        spy = Spy(fn)
+        maps = ImageGradECLIP(spy, layer, single_head=True).attribute(px, target=1)
+        with torch.no_grad():
+            own = fn(px)
+        assert maps.shape == (2, 1, 4, 4) and not torch.allclose(spy.outputs[0], own)
+        with torch.no_grad():
+            assert torch.equal(fn(px), own)  # the model is back to itself
+    assert hook_count(model) == 0 and hook_count(bl) == 0
