@@ -76,9 +76,12 @@ def check_input_ids(model: nn.Module, input_ids: Tensor, attention_mask: Optiona
     Raises:
         ValueError: not ``(T, L)`` with ``T >= 1``; a mask of another shape; ids outside the
             vocabulary; a text without EOS.
+        TypeError: float or bool ids.
     """
     if input_ids.dim() != 2 or input_ids.shape[0] == 0:
         raise ValueError(f"input_ids must have shape (T, L) with T >= 1, got {tuple(input_ids.shape)}")
+    if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of "
                          f"input_ids {tuple(input_ids.shape)}")

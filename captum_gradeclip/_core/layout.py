@@ -159,6 +159,10 @@ class ImageLayout(TokenLayout):
                 "captum_gradeclip.baselines or Captum's LayerGradCam)"
             )
         self.patch_size = patch_size if patch_size is not None else getattr(forward_func, "patch_size", None)
+        p = self._patch()
+        if p is not None and not (len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                       for v in p)):
+            raise ValueError(f"patch_size must be a positive int or a pair of them, got {self.patch_size!r}")
         token = getattr(forward_func, "pooled_token", 0)
         #: the pooled token's index (DeiT's distillation head pools token 1)
         self.pooled_token = token if isinstance(token, int) and not isinstance(token, bool) else 0
@@ -166,9 +170,11 @@ class ImageLayout(TokenLayout):
     def pooled(self, inputs: Tuple[Tensor, ...], capture: Capture) -> Tensor:
         return torch.full((capture.value.shape[0],), self.pooled_token, dtype=torch.long, device=capture.value.device)
 
-    def _patch(self) -> Optional[Tuple[int, int]]:
+    def _patch(self) -> Optional[Tuple[int, ...]]:
         p = self.patch_size
-        return None if p is None else ((p, p) if isinstance(p, int) else tuple(p))
+        if p is None:
+            return None
+        return (p, p) if not isinstance(p, (tuple, list)) else tuple(p)
 
     def check(self, inputs: Tuple[Tensor, ...]) -> None:
         super().check(inputs)
