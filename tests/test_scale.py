@@ -11,6 +11,8 @@ import torch
 
 pytest.importorskip("pyarrow")
 
+from scale_helpers import make_folder, rows_by_pair  # noqa: E402
+
 from captum_gradeclip import ImageGradECLIP  # noqa: E402
 from captum_gradeclip.cli import main  # noqa: E402
 from captum_gradeclip.models import load_shapes  # noqa: E402
@@ -23,8 +25,6 @@ from captum_gradeclip.scale import (  # noqa: E402
     prompt_items,
     read_maps,
 )
-
-from scale_helpers import make_folder, rows_by_pair  # noqa: E402
 
 FAST = ["--workers", "0", "--no-progress", "--batch-size", "2", "--shard-size", "3"]
 
@@ -181,3 +181,33 @@ def test_text_maps_and_class_prompts(tmp_path):
     for r in rows:
         assert r["words"] == r["text"].split() and r["word_map"].shape == (len(r["words"]),)
         assert (r["word_map"] >= 0).all() and r["map"].shape == (8, 8)
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("**From Python**", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README explain_dataset example", "exec"), scope)
+    assert scope["summary"]["pairs"] == sum(len(sc.prompts) for sc in scope["scenes"])
+    assert len(scope["maps"]) == 8 and all(m.shape == (8, 8) for m in scope["maps"].values())
+
+
+def test_input_errors_are_one_line(tmp_path, capsys):
+    images, prompts = make_folder(tmp_path, n=1)
+    out = ["--out", str(tmp_path / "out")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "scene0.png", "texts": ["a"]}\nnot json\n')
+    cases = [(["--pairs", str(bad)], "bad.jsonl:2: expected"),
+             (["--class-prompts", "a photo"], "must contain {}"),
+             (["--prompts", str(tmp_path / "missing.txt")], "--prompts must be a text file"),
+             (["--prompts", str(prompts), "--batch-size", "0"], "--batch-size and --shard-size must be >= 1")]
+    for flags, message in cases:
+        assert main(["explain-dataset", "--images", str(images), *flags, *out]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["explain-dataset", "--images", str(tmp_path / "none"), "--prompts", str(prompts), *out]) == 2
+    assert "--images must be a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -38,8 +38,8 @@ def _check(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """Run the folder protocol (``--images``, ``--prompts``) or the ShapesCLIP one, and write
     ``benchmark.json``, ``.md`` and ``.png`` to ``--out-dir``."""
-    from .memory import add_peak_memory
     from .folder import run_folder
+    from .memory import add_peak_memory
     from .protocols import run_shapes
     from .report import save
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 
 from .._io import CLIError
 
+
 def work_items(args: argparse.Namespace) -> List[Any]:
     """The sorted work list of ``--images`` with ``--prompts``, ``--pairs`` or ``--class-prompts``.
 

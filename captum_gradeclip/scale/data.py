@@ -54,8 +54,15 @@ def scan_images(root: Path) -> List[str]:
     return files
 
 
+def _text(path: Path, flag: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as e:
+        raise CLIError(f"cannot read {flag} {path} as UTF-8 text ({type(e).__name__})") from None
+
+
 def read_prompts(path: str) -> List[str]:
-    """The non-empty lines of a prompt file, stripped.
+    """The non-empty lines of a prompt file, stripped, each once (in first-seen order).
 
     Raises:
         CLIError: no such file, or no prompt in it.
@@ -63,7 +70,7 @@ def read_prompts(path: str) -> List[str]:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"--prompts must be a text file with one prompt per line, got {path}")
-    prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    prompts = list(dict.fromkeys(ln.strip() for ln in _text(p, "--prompts").splitlines() if ln.strip()))
     if not prompts:
         raise CLIError(f"no prompts in {path}")
     return prompts
@@ -86,7 +93,7 @@ def pair_items(root: Path, pairs: str) -> List[WorkItem]:
     if not p.is_file():
         raise CLIError(f"--pairs must be a JSON-lines file, got {pairs}")
     merged: dict = {}
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_text(p, "--pairs").splitlines(), 1):
         if not line.strip():
             continue
         try:
