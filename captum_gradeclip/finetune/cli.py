@@ -1,0 +1,140 @@
+"""``captum-gradeclip finetune``: fine-grained fine-tuning with Grad-ECLIP's region–phrase pairs.
+
+    captum-gradeclip finetune --out DIR [--ablations]                       # ShapesCLIP, evaluated
+    captum-gradeclip finetune --out DIR --model NAME_OR_PATH --pairs FILE.jsonl [--separator " and "]
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m captum_gradeclip.cli finetune --out DIR
+
+Writes the fine-tuned model and processor to ``DIR`` (``save_pretrained``), ``DIR/TRAINING.json``
+(the training record) and, for ShapesCLIP, ``DIR/metrics.json`` with ``before`` and ``after``
+(and ``ablations``: the same fine-tuning with true masks, uniform masks and GAME maps, each in
+``DIR/ablations/NAME``). Every run resumes from its ``checkpoint.pt``; finished parts are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .._io import CLIError
+
+#: The ablations of ``--ablations``: name -> mask kind.
+ABLATIONS = {"oracle_gt_masks": "gt", "uniform_masks": "uniform", "game_maps": "game"}
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``finetune`` subcommand on the CLI's subparsers."""
+    from .evaluate import EVAL_SEED_START
+    from .train import MASK_KINDS, FinetuneConfig
+
+    c = FinetuneConfig()
+    f = sub.add_parser("finetune", help="fine-tune CLIP on Grad-ECLIP region-phrase pairs (ShapesCLIP by default)")
+    f.add_argument("--out", required=True, type=Path, help="output folder (model, processor, metrics.json)")
+    f.add_argument("--model", default=None, help="Hugging Face CLIP name or folder (default: the shipped ShapesCLIP)")
+    f.add_argument("--pairs", default=None, type=Path, help="JSON lines {image, caption, phrases} (default: ShapesCLIP scenes)")
+    f.add_argument("--separator", default=None, help="split captions without \"phrases\" on this, e.g. ' and '")
+    f.add_argument("--steps", type=int, default=c.steps)
+    f.add_argument("--batch", type=int, default=c.batch, help="global batch (split over processes)")
+    f.add_argument("--lr", type=float, default=c.lr)
+    f.add_argument("--seed", type=int, default=c.seed)
+    f.add_argument("--masks", choices=MASK_KINDS, default=c.masks, help="where region masks come from")
+    f.add_argument("--ablations", action="store_true", help="also fine-tune with true, uniform and GAME masks")
+    f.add_argument("--ablation-steps", type=int, default=None, help="steps of each ablation (default: --steps)")
+    f.add_argument("--eval-scenes", type=int, default=500, help=f"held-out scenes (seeds {EVAL_SEED_START}...); 0: no evaluation")
+    f.add_argument("--save-every", type=int, default=c.save_every)
+    f.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
+    f.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # interruption, for tests
+    f.set_defaults(func=cmd_finetune)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from ..models import load_hf, load_shapes
+
+    clip = load_shapes() if args.model is None else load_hf(args.model)
+    if clip.family != "hf":  # pragma: no cover - load_hf only loads Hugging Face models
+        raise CLIError("finetune needs a Hugging Face CLIPModel")
+    return clip.model, clip.preprocess
+
+
+def _record(args: argparse.Namespace, cfg: Any, run: Dict[str, Any], init: Optional[Path]) -> Dict[str, Any]:
+    import torch
+
+    from .data import FINETUNE_SEED_OFFSET
+
+    stages = []
+    if init is not None and (init / "TRAINING.json").is_file():
+        stages = json.loads((init / "TRAINING.json").read_text()).get("stages", [])
+    stages.append({"command": "captum-gradeclip finetune " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k not in ("func", "cmd", "out", "stop_after", "ablations") and v is not None) + " --out DIR",
+        "config": asdict(cfg), "torch": torch.__version__, "seconds": run["seconds"],
+        "data_seeds": "pairs file" if args.pairs else f"ShapesCLIP scenes {FINETUNE_SEED_OFFSET} + seed * 10**9 + step * batch + i",
+        "log": run["log"]})
+    return {"stages": stages}
+
+
+def _run(args: argparse.Namespace, cfg: Any, out: Path, d: Any, save: bool) -> Any:
+    """Fine-tune a fresh copy of the initial model with ``cfg`` into ``out``; returns the model."""
+    from .data import PairsSource, ShapesSource, read_pairs
+    from .train import finetune
+
+    model, processor = _load(args)
+    source = ShapesSource(cfg.seed) if args.pairs is None else PairsSource(read_pairs(args.pairs, args.separator), cfg.seed)
+    run = finetune(model, processor, source, cfg, out, d=d, stop_after=args.stop_after)
+    if save and d.main and (args.stop_after is None or args.stop_after >= cfg.steps):
+        model.eval()
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        from ..shapes.model import WEIGHTS_DIR
+
+        init = WEIGHTS_DIR if args.model is None else Path(args.model)
+        (out / "TRAINING.json").write_text(json.dumps(_record(args, cfg, run, init), indent=2) + "\n")
+    return model.eval(), processor
+
+
+def _evaluate(model: Any, processor: Any, args: argparse.Namespace) -> Dict[str, float]:
+    from .evaluate import evaluate_finetuning
+
+    return evaluate_finetuning(model, processor, n=args.eval_scenes, n_calibration=min(200, args.eval_scenes))
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    """Train (and, for ShapesCLIP, evaluate before / after and the ablations); see the module docstring."""
+    import torch
+
+    from . import dist as D
+    from .train import FinetuneConfig
+
+    d = D.setup()
+    torch.set_num_threads(args.threads or max(1, (torch.get_num_threads()) // d.world))
+    cfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, masks=args.masks,
+                         save_every=args.save_every)
+    evaluate = args.pairs is None and args.eval_scenes > 0
+    try:
+        t0 = time.time()
+        model, processor = _run(args, cfg, args.out, d, save=True)
+        if args.stop_after is not None and args.stop_after < cfg.steps:
+            return
+        metrics: Dict[str, Any] = {"config": asdict(cfg)}
+        if evaluate and d.main:
+            metrics["before"] = _evaluate(*_load(args), args)
+            metrics["after"] = _evaluate(model, processor, args)
+        if args.ablations:
+            metrics["ablations"] = {}
+            short = replace(cfg, steps=args.ablation_steps or cfg.steps)
+            for name, kind in ABLATIONS.items():
+                m, p = _run(args, replace(short, masks=kind), args.out / "ablations" / name, d, save=False)
+                if evaluate and d.main:
+                    metrics["ablations"][name] = {"steps": short.steps, **_evaluate(m, p, args)}
+        metrics["seconds"] = round(time.time() - t0, 1)
+        if d.main:
+            (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            print(json.dumps({k: metrics[k] for k in ("before", "after", "ablations") if k in metrics}, indent=2))
+        D.barrier(d)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    finally:
+        D.teardown(d)

@@ -1,0 +1,160 @@
+"""Training pairs for fine-grained fine-tuning: (image, caption, phrases of the caption).
+
+Two sources, both indexed by (step, position in the global batch) so that every process of a
+distributed run takes its own slice of the same global batch and a resumed run sees the same data:
+
+- :class:`ShapesSource` (default): synthetic ShapesCLIP scenes rendered on the fly, seeds
+  :data:`FINETUNE_SEED_OFFSET` + ``seed * 10**9`` + ``step * batch`` + position (disjoint from
+  ShapesCLIP's training seeds, 1,000,000 + ``seed * 10**8`` + ..., and from the evaluation's
+  seeds below 1,000,000). The caption names every object (in a random order, "a red circle and a
+  blue square"), the phrases are the objects' prompts; the scene's true masks come along for the
+  oracle ablation.
+- :class:`PairsSource`: a JSON-lines file, one ``{"image": PATH, "caption": TEXT, "phrases":
+  [TEXT, ...]}`` per line (``PATH`` relative to the file; without ``"phrases"`` the caption is
+  split on a separator the user gives), shuffled by a seeded permutation per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .._io import CLIError, open_image
+
+FINETUNE_SEED_OFFSET = 5_000_000_000
+
+
+class DataError(CLIError, ValueError):
+    """Training data that cannot be used (a caption without phrases, a phrase not in its caption,
+    an image that does not load); a ``ValueError`` for library callers, a one-line error in the CLI."""
+
+
+@dataclass
+class Sample:
+    """One training pair.
+
+    Attributes:
+        image: RGB PIL image. caption: the caption. phrases: ``K >= 1`` phrases, each in the caption.
+        masks: ``(K, H, W)`` bool true masks of the phrases (ShapesCLIP only), else ``None``.
+    """
+
+    image: Any
+    caption: str
+    phrases: List[str]
+    masks: Optional[Tensor] = None
+
+
+def check_phrases(caption: str, phrases: Sequence[str], where: str) -> List[str]:
+    """The phrases, checked: at least one, each a non-empty string found in ``caption`` (case-insensitive).
+
+    Raises:
+        DataError: no phrases, an empty or non-string phrase, or a phrase not in the caption
+            (``where`` names the pair in the message).
+    """
+    if not isinstance(caption, str) or not caption.strip():
+        raise DataError(f"{where}: the caption must be a non-empty string, got {caption!r}")
+    phrases = list(phrases)
+    if not phrases:
+        raise DataError(f"{where}: the caption {caption!r} has no phrases; give \"phrases\" or a separator "
+                        "that splits it (--separator)")
+    for p in phrases:
+        if not isinstance(p, str) or not p.strip():
+            raise DataError(f"{where}: phrases must be non-empty strings, got {p!r}")
+        if p.strip().lower() not in caption.lower():
+            raise DataError(f"{where}: the phrase {p!r} is not in the caption {caption!r}; phrases must be "
+                            "parts of their caption")
+    return [p.strip() for p in phrases]
+
+
+def split_phrases(caption: str, separator: str) -> List[str]:
+    """The caption's non-empty parts between ``separator`` s, e.g. ``" and "``."""
+    return [p.strip() for p in caption.split(separator) if p.strip()]
+
+
+def shapes_sample(seed: int) -> Sample:
+    """The ShapesCLIP scene ``seed`` with a caption naming all its objects in a seeded random order."""
+    from ..shapes.scenes import render_scene
+
+    scene = render_scene(seed=seed)
+    order = list(range(len(scene.objects)))
+    random.Random(seed).shuffle(order)
+    return Sample(image=scene.image, caption=scene.caption(order), phrases=[scene.prompts[i] for i in order],
+                  masks=scene.masks[order])
+
+
+class ShapesSource:
+    """ShapesCLIP scenes on the fly (see the module docstring for the seeds)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def batch(self, step: int, batch: int, start: int, stop: int) -> List[Sample]:
+        """Positions ``start .. stop - 1`` of the global batch (size ``batch``) of ``step``."""
+        base = FINETUNE_SEED_OFFSET + self.seed * 10**9 + step * batch
+        return [shapes_sample(base + j) for j in range(start, stop)]
+
+
+def _read_line(line: str, where: str, root: Path, separator: Optional[str]) -> Sample:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not JSON ({e.msg})") from None
+    if not isinstance(row, dict) or "image" not in row or "caption" not in row:
+        raise DataError(f"{where}: expected an object with \"image\" and \"caption\" (and \"phrases\"), got {line.strip()[:80]!r}")
+    caption = row["caption"]
+    if "phrases" in row:
+        if not isinstance(row["phrases"], list):
+            raise DataError(f"{where}: \"phrases\" must be a list of strings, got {row['phrases']!r}")
+        phrases = row["phrases"]
+    elif separator is not None and isinstance(caption, str):
+        phrases = split_phrases(caption, separator)
+    else:
+        phrases = []
+    phrases = check_phrases(caption, phrases, where)
+    path = Path(row["image"])
+    try:
+        image = open_image(str(path if path.is_absolute() else root / path))
+    except CLIError as e:
+        raise DataError(f"{where}: {e}") from None
+    return Sample(image=image, caption=caption, phrases=phrases)
+
+
+def read_pairs(path: "str | Path", separator: Optional[str] = None) -> List[Sample]:
+    """Read and check a pairs file (one JSON object per line; see the module docstring); images load now.
+
+    Raises:
+        DataError: a missing file, a bad line, a caption without phrases, a phrase not in its
+            caption, or an image that does not load (the message names the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"pairs file not found: {path}")
+    samples = [_read_line(line, f"{path}:{n}", path.parent, separator)
+               for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    if not samples:
+        raise DataError(f"{path} holds no pairs")
+    return samples
+
+
+class PairsSource:
+    """The pairs of a file, in a seeded random order per epoch."""
+
+    def __init__(self, samples: Sequence[Sample], seed: int = 0) -> None:
+        self.samples = list(samples)
+        self.seed = seed
+
+    def batch(self, step: int, batch: int, start: int, stop: int) -> List[Sample]:
+        """Positions ``start .. stop - 1`` of the global batch (size ``batch``) of ``step``."""
+        n = len(self.samples)
+        out = []
+        for j in range(start, stop):
+            k = step * batch + j
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + k // n))
+            out.append(self.samples[int(perm[k % n])])
+        return out

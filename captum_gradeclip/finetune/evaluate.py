@@ -1,0 +1,154 @@
+"""Fine-grained quality of a ShapesCLIP on held-out scenes: region classification, dense zero-shot
+segmentation, global recognition and Grad-ECLIP's pointing game.
+
+Held-out scenes are seeds :data:`EVAL_SEED_START` ... (never used by ShapesCLIP's training, which
+starts at 1,000,000, by the benchmark, seeds 0-99, by ``shapes.evaluate``, 0-499, or by the
+fine-tuning, :data:`~captum_gradeclip.finetune.data.FINETUNE_SEED_OFFSET` ...). The segmentation's
+background level is chosen per model on separate calibration scenes (:data:`CALIB_SEED_START` ...),
+never on the evaluation scenes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..shapes.scenes import Scene, all_prompts, render_scene
+from .dense import dense_features, pool_regions
+from .masks import grid_masks
+
+EVAL_SEED_START = 500_000
+CALIB_SEED_START = 600_000
+#: The published pointing game's 15 px at 224 px, at ShapesCLIP's 64 px.
+POINTING_TOLERANCE = round(15 * 64 / 224)
+
+
+def _pixels(scenes: Sequence[Scene]) -> Tensor:
+    from ..shapes.train import scenes_to_pixels
+
+    return scenes_to_pixels([s.image for s in scenes])
+
+
+def _prompt_embeds(model: Any, tokenizer: Any) -> Tensor:
+    """``(P, E)`` normalised embeddings of the 48 single-object prompts."""
+    from ..forward import _features
+
+    tok = tokenizer(all_prompts(), padding=True, return_tensors="pt")
+    return F.normalize(_features(model.get_text_features(**tok)), dim=-1)
+
+
+def _dense(model: Any, scenes: Sequence[Scene], batch: int = 100) -> Tensor:
+    """``(N, h, w, E)`` normalised dense features of the scenes."""
+    out = [dense_features(model, _pixels(scenes[s:s + batch]))[0] for s in range(0, len(scenes), batch)]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def region_accuracy(model: Any, tokenizer: Any, scenes: Sequence[Scene]) -> float:
+    """Top-1 accuracy of classifying each visible object's region (its ground-truth mask pooled over
+    the dense features) among the 48 object prompts."""
+    dense, prompts = _dense(model, scenes), _prompt_embeds(model, tokenizer)
+    index = {p: i for i, p in enumerate(all_prompts())}
+    masks = [grid_masks(s.masks, dense.shape[1:3]) for s in scenes]
+    image_index = torch.tensor([i for i, m in enumerate(masks) for _ in m])
+    labels = torch.tensor([index[p] for s in scenes for p in s.prompts])
+    masks = torch.cat(masks)
+    keep = masks.flatten(1).sum(-1) > 0  # fully occluded objects have no region
+    regions = pool_regions(dense, masks[keep], image_index[keep])
+    pred = (F.normalize(regions, dim=-1) @ prompts.t()).argmax(-1)
+    return (pred == labels[keep]).float().mean().item()
+
+
+def _scene_scores(dense: Tensor, prompts: Tensor, scene: Scene, i: int, size: int) -> Tensor:
+    """``(K, H, W)`` cosine of each pixel's (bilinearly upsampled) patch scores with the scene's prompts."""
+    index = {p: j for j, p in enumerate(all_prompts())}
+    rows = prompts[[index[p] for p in scene.prompts]]  # (K, E)
+    s = torch.einsum("hwe,ke->khw", dense[i], rows)
+    return F.interpolate(s[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+def _miou(dense: Tensor, prompts: Tensor, scenes: Sequence[Scene], levels: Tensor) -> Tensor:
+    """``(V,)`` mIoU at each background level ``levels (V,)``: classes are the 48 prompts and background."""
+    index = {p: j for j, p in enumerate(all_prompts())}
+    n_cls = len(index) + 1
+    inter = torch.zeros(len(levels), n_cls)
+    union = torch.zeros(len(levels), n_cls)
+    for i, sc in enumerate(scenes):
+        size = sc.masks.shape[-1]
+        scores = _scene_scores(dense, prompts, sc, i, size)  # (K, H, W)
+        cls = torch.tensor([index[p] for p in sc.prompts] + [n_cls - 1])
+        truth = torch.full((size, size), n_cls - 1, dtype=torch.long)
+        for k, m in enumerate(sc.masks):
+            truth[m] = cls[k]
+        for v, level in enumerate(levels):
+            pred = cls[torch.cat([scores, torch.full((1, size, size), float(level))]).argmax(0)]
+            for c in cls.tolist():
+                p, t = pred == c, truth == c
+                inter[v, c] += (p & t).sum()
+                union[v, c] += (p | t).sum()
+    seen = union > 0
+    return torch.where(seen, inter / union.clamp_min(1), torch.zeros_like(union)).sum(-1) / seen.sum(-1)
+
+
+@torch.no_grad()
+def calibrate_background(model: Any, tokenizer: Any, scenes: Sequence[Scene], steps: int = 21) -> float:
+    """The background level (a cosine) that maximises :func:`segmentation_miou` on ``scenes``
+    (calibration scenes, not the evaluation's): searched over quantiles of the patch scores."""
+    dense, prompts = _dense(model, scenes), _prompt_embeds(model, tokenizer)
+    all_scores = torch.einsum("nhwe,pe->nhwp", dense, prompts).flatten()
+    levels = torch.quantile(all_scores[:: max(1, all_scores.numel() // 100_000)], torch.linspace(0, 1, steps))
+    return float(levels[_miou(dense, prompts, scenes, levels).argmax()])
+
+
+@torch.no_grad()
+def segmentation_miou(model: Any, tokenizer: Any, scenes: Sequence[Scene], background: float) -> float:
+    """Dense zero-shot segmentation: each pixel takes the best of the scene's object prompts (patch
+    scores upsampled bilinearly) or background when none exceeds ``background``; the mean IoU over
+    the classes (48 prompts and background) that occur, accumulated over the scenes."""
+    dense, prompts = _dense(model, scenes), _prompt_embeds(model, tokenizer)
+    return float(_miou(dense, prompts, scenes, torch.tensor([background]))[0])
+
+
+def pointing_game(model: Any, tokenizer: Any, scenes: Sequence[Scene], *, tolerance: int = POINTING_TOLERANCE,
+                  batch: int = 100) -> float:
+    """Grad-ECLIP's pointing game on ``model``: the share of (scene, object prompt) maps (last image
+    block) whose maximum lies within ``tolerance`` pixels of the object's visible mask."""
+    from ..metrics import pointing_game as hits
+    from .teacher import phrase_maps
+
+    out: List[Tensor] = []
+    for s in range(0, len(scenes), batch):
+        part = scenes[s:s + batch]
+        maps = phrase_maps(model, tokenizer, _pixels(part), [sc.prompts for sc in part])
+        masks = torch.cat([sc.masks for sc in part])
+        keep = masks.flatten(1).any(-1)
+        out.append(hits(maps[keep][:, None], masks[keep], tolerance=tolerance))
+    return torch.cat(out).float().mean().item()
+
+
+def recognition(model: Any, processor: Any, n: int, seed_start: int = EVAL_SEED_START) -> float:
+    """Global recognition as :func:`captum_gradeclip.shapes.evaluate.evaluate` measures it: the share
+    of present objects scored above every absent one of the 48 prompts."""
+    from ..shapes.evaluate import evaluate
+
+    return float(evaluate(model, processor, n=n, seed_start=seed_start)["present_above_absent"])
+
+
+def evaluate_finetuning(model: Any, processor: Any, *, n: int = 500, n_calibration: int = 200) -> Dict[str, float]:
+    """All four measures on ``n`` held-out scenes (seeds :data:`EVAL_SEED_START` ...), the background
+    level calibrated on ``n_calibration`` others. The model is used as it is (call ``eval()`` first)."""
+    tok = processor.tokenizer
+    scenes = [render_scene(seed=EVAL_SEED_START + i) for i in range(n)]
+    calib = [render_scene(seed=CALIB_SEED_START + i) for i in range(n_calibration)]
+    background = calibrate_background(model, tok, calib)
+    return {
+        "region_accuracy": region_accuracy(model, tok, scenes),
+        "segmentation_miou": segmentation_miou(model, tok, scenes, background),
+        "recognition": recognition(model, processor, n),
+        "pointing_game": pointing_game(model, tok, scenes),
+        "background_level": background,
+        "scenes": n,
+    }
