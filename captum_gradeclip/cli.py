@@ -4,6 +4,7 @@
     captum-gradeclip explain IMAGE --text "a dog" --text "a car" [--model NAME_OR_PATH] [--out fig.png]
     captum-gradeclip explain IMAGE --text "a dog" --open-clip ViT-B-32:openai
     captum-gradeclip benchmark --quick
+    captum-gradeclip finetune --out DIR [--ablations]
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from .benchmark import add_parser as add_benchmark
+    from .finetune.cli import add_parser as add_finetune
     from .scale.cli import add_parser as add_explain_dataset
 
     ap = argparse.ArgumentParser(prog="captum-gradeclip", description="Grad-ECLIP explanations of CLIP.")
@@ -129,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="explanation.png")
     e.set_defaults(func=cmd_explain)
     add_benchmark(sub)
+    add_finetune(sub)
     add_explain_dataset(sub)
     return ap
 
