@@ -237,3 +237,31 @@ def test_cli_finetunes_any_hf_clip_on_a_pairs_file(tmp_path, capsys):
     gt = args + ["--separator", " and ", "--masks", "gt", "--out", str(tmp_path / "gt")]
     assert main(gt) == 2  # the oracle needs true masks
     assert "true masks" in capsys.readouterr().err
+
+
+def test_mined_maps_from_the_dataset_engine_replace_the_teacher(tmp_path):
+    pytest.importorskip("pyarrow")
+    from captum_gradeclip.finetune.data import PairsSource, attach_mined_maps
+    from captum_gradeclip.finetune.train import region_masks
+    from captum_gradeclip.scale.table import to_table
+
+    import pyarrow.parquet as pq
+
+    for i in range(2):
+        _png(tmp_path / f"{i}.png", 64)
+    (tmp_path / "p.jsonl").write_text("".join(
+        json.dumps({"image": f"{i}.png", "caption": "a red circle and a blue bar"}) + "\n" for i in range(2)))
+    samples = read_pairs(tmp_path / "p.jsonl", separator=" and ")
+    torch.manual_seed(0)
+    rows = [{"image": f"{i}.png", "text": t, "text_index": j, "score": 0.5, "map": torch.rand(8, 8)}
+            for i in range(2) for j, t in enumerate(["a red circle", "a blue bar"])]
+    (tmp_path / "mined").mkdir()
+    pq.write_table(to_table(rows[:3], text_maps=False), tmp_path / "mined" / "shard-00000.parquet")
+    with pytest.raises(DataError, match="no map of image '1.png'"):
+        attach_mined_maps(samples, tmp_path / "mined")
+    pq.write_table(to_table(rows, text_maps=False), tmp_path / "mined" / "shard-00000.parquet")
+    attach_mined_maps(samples, tmp_path / "mined")
+    assert PairsSource(samples).mined
+    got = region_masks("gradeclip", None, torch.zeros(2, 3, 64, 64), samples, (8, 8), FinetuneConfig())
+    want = soft_mask(torch.stack([r["map"].half().float() for r in rows]))
+    assert torch.allclose(got, want)

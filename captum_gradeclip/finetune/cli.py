@@ -2,6 +2,7 @@
 
     captum-gradeclip finetune --out DIR [--ablations]                       # ShapesCLIP, evaluated
     captum-gradeclip finetune --out DIR --model NAME_OR_PATH --pairs FILE.jsonl [--separator " and "]
+    captum-gradeclip finetune --out DIR --model NAME_OR_PATH --pairs FILE.jsonl --maps MINED_DIR
     python -m torch.distributed.run --standalone --nproc-per-node 2 -m captum_gradeclip.cli finetune --out DIR
 
 Writes the fine-tuned model and processor to ``DIR`` (``save_pretrained``), ``DIR/TRAINING.json``
@@ -36,6 +37,8 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--model", default=None, help="Hugging Face CLIP name or folder (default: the shipped ShapesCLIP)")
     f.add_argument("--pairs", default=None, type=Path, help="JSON lines {image, caption, phrases} (default: ShapesCLIP scenes)")
     f.add_argument("--separator", default=None, help="split captions without \"phrases\" on this, e.g. ' and '")
+    f.add_argument("--maps", default=None, type=Path,
+                   help="with --pairs: Grad-ECLIP maps mined beforehand by explain-dataset (its --out folder)")
     f.add_argument("--steps", type=int, default=c.steps)
     f.add_argument("--batch", type=int, default=c.batch, help="global batch (split over processes)")
     f.add_argument("--lr", type=float, default=c.lr)
@@ -78,11 +81,19 @@ def _record(args: argparse.Namespace, cfg: Any, run: Dict[str, Any], init: Optio
 
 def _run(args: argparse.Namespace, cfg: Any, out: Path, d: Any, save: bool) -> Any:
     """Fine-tune a fresh copy of the initial model with ``cfg`` into ``out``; returns the model."""
-    from .data import PairsSource, ShapesSource, read_pairs
+    from .data import PairsSource, ShapesSource, attach_mined_maps, read_pairs
     from .train import finetune
 
     model, processor = _load(args)
-    source = ShapesSource(cfg.seed) if args.pairs is None else PairsSource(read_pairs(args.pairs, args.separator), cfg.seed)
+    if args.pairs is None:
+        if args.maps is not None:
+            raise CLIError("--maps needs --pairs (ShapesCLIP scenes are mined during training)")
+        source: Any = ShapesSource(cfg.seed)
+    else:
+        samples = read_pairs(args.pairs, args.separator)
+        if args.maps is not None:
+            attach_mined_maps(samples, args.maps)
+        source = PairsSource(samples, cfg.seed)
     run = finetune(model, processor, source, cfg, out, d=d, stop_after=args.stop_after)
     if save and d.main and (args.stop_after is None or args.stop_after >= cfg.steps):
         model.eval()

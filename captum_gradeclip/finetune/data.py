@@ -11,7 +11,9 @@ distributed run takes its own slice of the same global batch and a resumed run s
   oracle ablation.
 - :class:`PairsSource`: a JSON-lines file, one ``{"image": PATH, "caption": TEXT, "phrases":
   [TEXT, ...]}`` per line (``PATH`` relative to the file; without ``"phrases"`` the caption is
-  split on a separator the user gives), shuffled by a seeded permutation per epoch.
+  split on a separator the user gives), shuffled by a seeded permutation per epoch. The phrases'
+  maps may come mined beforehand from the dataset engine's Parquet output
+  (:func:`attach_mined_maps`) instead of from the teacher during training.
 """
 
 from __future__ import annotations
@@ -42,12 +44,16 @@ class Sample:
     Attributes:
         image: RGB PIL image. caption: the caption. phrases: ``K >= 1`` phrases, each in the caption.
         masks: ``(K, H, W)`` bool true masks of the phrases (ShapesCLIP only), else ``None``.
+        key: the ``"image"`` string of a pairs file. maps: ``(K, h, w)`` the phrases' maps mined
+            beforehand (:func:`attach_mined_maps`), else ``None`` (the teacher mines them).
     """
 
     image: Any
     caption: str
     phrases: List[str]
     masks: Optional[Tensor] = None
+    key: Optional[str] = None
+    maps: Optional[Tensor] = None
 
 
 def check_phrases(caption: str, phrases: Sequence[str], where: str) -> List[str]:
@@ -122,7 +128,7 @@ def _read_line(line: str, where: str, root: Path, separator: Optional[str]) -> S
         image = open_image(str(path if path.is_absolute() else root / path))
     except CLIError as e:
         raise DataError(f"{where}: {e}") from None
-    return Sample(image=image, caption=caption, phrases=phrases)
+    return Sample(image=image, caption=caption, phrases=phrases, key=row["image"])
 
 
 def read_pairs(path: "str | Path", separator: Optional[str] = None) -> List[Sample]:
@@ -142,12 +148,37 @@ def read_pairs(path: "str | Path", separator: Optional[str] = None) -> List[Samp
     return samples
 
 
+def attach_mined_maps(samples: Sequence[Sample], maps_dir: "str | Path") -> None:
+    """Give each sample the maps of its phrases from a dataset job's Parquet output
+    (``captum-gradeclip explain-dataset``; :func:`captum_gradeclip.scale.read_maps`), matched by
+    (image key, text): run the job on the pairs file's folder, so that its image keys are the
+    pairs file's ``"image"`` strings, with the phrases as the texts.
+
+    Raises:
+        DataError: a (image, phrase) the job has no map for, or no job output in ``maps_dir``.
+    """
+    from ..scale.table import read_maps
+
+    try:
+        mined = {(r["image"], r["text"]): r["map"] for r in read_maps(maps_dir, columns=["image", "text", "map"])}
+    except FileNotFoundError as e:
+        raise DataError(f"--maps: {e}") from None
+    for s in samples:
+        missing = [p for p in s.phrases if (s.key, p) not in mined]
+        if missing:
+            raise DataError(f"{maps_dir} has no map of image {s.key!r} for {missing}; mine them with "
+                            "explain-dataset on the pairs file's folder, the phrases as texts")
+        s.maps = torch.stack([mined[(s.key, p)].float() for p in s.phrases])
+
+
 class PairsSource:
     """The pairs of a file, in a seeded random order per epoch."""
 
     def __init__(self, samples: Sequence[Sample], seed: int = 0) -> None:
         self.samples = list(samples)
         self.seed = seed
+        #: whether every sample carries mined maps (then no teacher is needed)
+        self.mined = all(s.maps is not None for s in self.samples)
 
     def batch(self, step: int, batch: int, start: int, stop: int) -> List[Sample]:
         """Positions ``start .. stop - 1`` of the global batch (size ``batch``) of ``step``."""

@@ -87,11 +87,12 @@ class Student(nn.Module):
 def region_masks(kind: str, teacher: Optional[Teacher], pixels: Tensor, samples: Sequence[Sample],
                  grid: Tuple[int, int], cfg: FinetuneConfig) -> Tensor:
     """``(R, h, w)`` weights of every (image, phrase) region of ``samples`` (order of
-    :func:`~.teacher.flatten_phrases`): the teacher's soft masks, the true masks' patch coverage
-    (``"gt"``) or ones (``"uniform"``).
+    :func:`~.teacher.flatten_phrases`): the soft masks of the samples' mined maps when they all
+    have them, else of the teacher's; the true masks' patch coverage (``"gt"``) or ones
+    (``"uniform"``).
 
     Raises:
-        DataError: ``"gt"`` for samples without true masks.
+        DataError: ``"gt"`` for samples without true masks; mined maps on another grid.
     """
     if kind == "uniform":
         return uniform_masks(sum(len(s.phrases) for s in samples), grid)
@@ -99,7 +100,12 @@ def region_masks(kind: str, teacher: Optional[Teacher], pixels: Tensor, samples:
         if any(s.masks is None for s in samples):
             raise DataError("masks='gt' (the oracle ablation) needs true masks: ShapesCLIP scenes only")
         return grid_masks(torch.cat([s.masks for s in samples]), grid)
-    maps = teacher.maps(pixels, [s.phrases for s in samples])
+    if all(s.maps is not None for s in samples):  # mined beforehand
+        maps = torch.cat([s.maps for s in samples])
+        if maps.shape[1:] != grid:
+            raise DataError(f"mined maps have the grid {tuple(maps.shape[1:])}, the model's is {grid}")
+    else:
+        maps = teacher.maps(pixels, [s.phrases for s in samples])
     return soft_mask(maps, threshold=cfg.threshold, temperature=cfg.temperature)
 
 
@@ -209,7 +215,8 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
     out.mkdir(parents=True, exist_ok=True)
     from ..shapes.train import _optimizer
 
-    teacher = Teacher(model, processor.tokenizer, cfg.masks) if cfg.masks in TEACHER_METHODS else None
+    mined = getattr(source, "mined", False)
+    teacher = Teacher(model, processor.tokenizer, cfg.masks) if cfg.masks in TEACHER_METHODS and not mined else None
     was_training = model.training
     model.to(d.device).train()
     student = Student(model)
