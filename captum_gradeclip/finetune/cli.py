@@ -112,6 +112,13 @@ def _evaluate(model: Any, processor: Any, args: argparse.Namespace) -> Dict[str,
     return evaluate_finetuning(model, processor, n=args.eval_scenes, n_calibration=min(200, args.eval_scenes))
 
 
+def _write(metrics: Dict[str, Any], out: Path, t0: float, d: Any) -> None:
+    """(Re)write ``out/metrics.json`` (main process), so that finished parts survive an interruption."""
+    if d.main:
+        metrics["seconds"] = round(time.time() - t0, 1)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
 def cmd_finetune(args: argparse.Namespace) -> None:
     """Train (and, for ShapesCLIP, evaluate before / after and the ablations); see the module docstring."""
     import torch
@@ -133,6 +140,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         if evaluate and d.main:
             metrics["before"] = _evaluate(*_load(args), args)
             metrics["after"] = _evaluate(model, processor, args)
+        _write(metrics, args.out, t0, d)
         if args.ablations:
             metrics["ablations"] = {}
             short = replace(cfg, steps=args.ablation_steps or cfg.steps)
@@ -140,9 +148,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                 m, p = _run(args, replace(short, masks=kind), args.out / "ablations" / name, d, save=False)
                 if evaluate and d.main:
                     metrics["ablations"][name] = {"steps": short.steps, **_evaluate(m, p, args)}
-        metrics["seconds"] = round(time.time() - t0, 1)
+                _write(metrics, args.out, t0, d)
         if d.main:
-            (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             print(json.dumps({k: metrics[k] for k in ("before", "after", "ablations") if k in metrics}, indent=2))
         D.barrier(d)
     except ValueError as e:
