@@ -9,17 +9,28 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_clip
 
 from captum_gradeclip import ImageGradECLIP, ImageTextSimilarity
 from captum_gradeclip.baselines import MaskCLIP
-from captum_gradeclip.finetune import (DataError, FinetuneConfig, RegionPhraseLoss, ShapesSource, Teacher,
-                                       dense_features, finetune, grid_masks, pool_regions, read_pairs, soft_mask)
+from captum_gradeclip.finetune import (
+    DataError,
+    FinetuneConfig,
+    RegionPhraseLoss,
+    ShapesSource,
+    Teacher,
+    dense_features,
+    finetune,
+    grid_masks,
+    pool_regions,
+    read_pairs,
+    soft_mask,
+)
+from captum_gradeclip.finetune.dist import Dist
 from captum_gradeclip.finetune.evaluate import _miou
-from captum_gradeclip.finetune.train import Student, train_step
 from captum_gradeclip.finetune.loss import RegionPhraseLossOutput
+from captum_gradeclip.finetune.train import Student, train_step
 from captum_gradeclip.shapes import load_shapes_clip
-
-from conftest import tiny_clip
 
 
 def _loss_inputs(regions, phrases, ids):
@@ -125,14 +136,13 @@ def test_teacher_maps_equal_attribute_all_one_phrase_at_a_time(shapes):
         teacher.maps(px[:1], [[]])
 
 
-def test_gradients_reach_the_student_never_the_teacher(shapes):
-    model, processor = shapes
-    model = type(model).from_pretrained(model.name_or_path) if model.name_or_path else model
+def test_gradients_reach_the_student_never_the_teacher():
+    model, processor = load_shapes_clip()  # its own copy: this test writes gradients
     cfg = FinetuneConfig(batch=4)
     teacher = Teacher(model, processor.tokenizer)
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
     out = train_step(Student(model), teacher, processor, RegionPhraseLoss(), ShapesSource().batch(0, 4, 0, 4),
-                     cfg, __import__("captum_gradeclip.finetune.dist", fromlist=["Dist"]).Dist())
+                     cfg, Dist())
     assert isinstance(out, RegionPhraseLossOutput) and torch.isfinite(out.loss)
     out.loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
@@ -241,11 +251,11 @@ def test_cli_finetunes_any_hf_clip_on_a_pairs_file(tmp_path, capsys):
 
 def test_mined_maps_from_the_dataset_engine_replace_the_teacher(tmp_path):
     pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
     from captum_gradeclip.finetune.data import PairsSource, attach_mined_maps
     from captum_gradeclip.finetune.train import region_masks
     from captum_gradeclip.scale.table import to_table
-
-    import pyarrow.parquet as pq
 
     for i in range(2):
         _png(tmp_path / f"{i}.png", 64)

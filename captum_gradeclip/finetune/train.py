@@ -28,7 +28,7 @@ from . import dist as D
 from .data import DataError, Sample
 from .dense import dense_features, pool_regions
 from .loss import RegionPhraseLoss, RegionPhraseLossOutput
-from .masks import THRESHOLD, TEMPERATURE, grid_masks, soft_mask, uniform_masks
+from .masks import TEMPERATURE, THRESHOLD, grid_masks, soft_mask, uniform_masks
 from .teacher import TEACHER_METHODS, Teacher, flatten_phrases
 
 #: Where region masks come from: the teacher's maps, or the ablations' ground truth / uniform masks.
