@@ -148,4 +148,4 @@ def test_folder_benchmark_skips_a_truncated_image(tmp_path, capsys):
                  "--methods", "cosine, default", "--out-dir", str(out)]) == 0
     res = json.loads((out / "benchmark.json").read_text())
     assert res["images"] == 1 and res["skipped"] == ["1.jpg"]
-    assert "skipping 1.jpg" in capsys.readouterr().err
+    assert "skipped 1 unreadable image(s): 1.jpg" in capsys.readouterr().out
