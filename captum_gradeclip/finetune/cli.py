@@ -44,6 +44,8 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--lr", type=float, default=c.lr)
     f.add_argument("--seed", type=int, default=c.seed)
     f.add_argument("--masks", choices=MASK_KINDS, default=c.masks, help="where region masks come from")
+    f.add_argument("--captions", choices=("mixed", "all"), default=c.captions,
+                   help="ShapesCLIP captions name 1, 2 or all objects (mixed, as its training did) or all")
     f.add_argument("--ablations", action="store_true", help="also fine-tune with true, uniform and GAME masks")
     f.add_argument("--ablation-steps", type=int, default=None, help="steps of each ablation (default: --steps)")
     f.add_argument("--eval-scenes", type=int, default=500, help=f"held-out scenes (seeds {EVAL_SEED_START}...); 0: no evaluation")
@@ -88,7 +90,7 @@ def _run(args: argparse.Namespace, cfg: Any, out: Path, d: Any, save: bool) -> A
     if args.pairs is None:
         if args.maps is not None:
             raise CLIError("--maps needs --pairs (ShapesCLIP scenes are mined during training)")
-        source: Any = ShapesSource(cfg.seed)
+        source: Any = ShapesSource(cfg.seed, cfg.captions)
     else:
         samples = read_pairs(args.pairs, args.separator)
         if args.maps is not None:
@@ -129,7 +131,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     d = D.setup()
     torch.set_num_threads(args.threads or max(1, (torch.get_num_threads()) // d.world))
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, masks=args.masks,
-                         save_every=args.save_every)
+                         save_every=args.save_every, captions=args.captions)
     evaluate = args.pairs is None and args.eval_scenes > 0
     try:
         t0 = time.time()

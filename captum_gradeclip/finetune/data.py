@@ -6,9 +6,10 @@ distributed run takes its own slice of the same global batch and a resumed run s
 - :class:`ShapesSource` (default): synthetic ShapesCLIP scenes rendered on the fly, seeds
   :data:`FINETUNE_SEED_OFFSET` + ``seed * 10**9`` + ``step * batch`` + position (disjoint from
   ShapesCLIP's training seeds, 1,000,000 + ``seed * 10**8`` + ..., and from the evaluation's
-  seeds below 1,000,000). The caption names every object (in a random order, "a red circle and a
-  blue square"), the phrases are the objects' prompts; the scene's true masks come along for the
-  oracle ablation.
+  seeds below 1,000,000). The caption names one, two or all objects as ShapesCLIP's own training
+  did (``captions="mixed"``, the default) or always all of them (``"all"``), in a random order
+  ("a red circle and a blue square"); the phrases are the named objects' prompts; their true
+  masks come along for the oracle ablation.
 - :class:`PairsSource`: a JSON-lines file, one ``{"image": PATH, "caption": TEXT, "phrases":
   [TEXT, ...]}`` per line (``PATH`` relative to the file; without ``"phrases"`` the caption is
   split on a separator the user gives), shuffled by a seeded permutation per epoch. The phrases'
@@ -83,27 +84,49 @@ def split_phrases(caption: str, separator: str) -> List[str]:
     return [p.strip() for p in caption.split(separator) if p.strip()]
 
 
-def shapes_sample(seed: int) -> Sample:
-    """The ShapesCLIP scene ``seed`` with a caption naming all its objects in a seeded random order."""
+#: How ShapesCLIP training captions name a scene's objects.
+CAPTION_MODES = ("mixed", "all")
+
+
+def _named(n: int, rng: random.Random, mode: str) -> List[int]:
+    """Which of ``n`` objects the caption names, in order: ``"all"`` (shuffled), or ``"mixed"``
+    (ShapesCLIP's own training mix: one object half of the time, two in 30 %, all in 20 %)."""
+    order = list(range(n))
+    rng.shuffle(order)
+    if mode == "all" or n == 1:
+        return order
+    r = rng.random()
+    return order[:1] if r < 0.5 else order[:2] if r < 0.8 else order
+
+
+def shapes_sample(seed: int, captions: str = "mixed") -> Sample:
+    """The ShapesCLIP scene ``seed`` with a caption naming some (``captions="mixed"``) or all of
+    its objects in a seeded random order; the phrases are the named objects.
+
+    Raises:
+        ValueError: an unknown ``captions`` mode.
+    """
     from ..shapes.scenes import render_scene
 
+    if captions not in CAPTION_MODES:
+        raise ValueError(f"captions must be one of {CAPTION_MODES}, got {captions!r}")
     scene = render_scene(seed=seed)
-    order = list(range(len(scene.objects)))
-    random.Random(seed).shuffle(order)
+    order = _named(len(scene.objects), random.Random(seed), captions)
     return Sample(image=scene.image, caption=scene.caption(order), phrases=[scene.prompts[i] for i in order],
                   masks=scene.masks[order])
 
 
 class ShapesSource:
-    """ShapesCLIP scenes on the fly (see the module docstring for the seeds)."""
+    """ShapesCLIP scenes on the fly (see the module docstring for the seeds and ``captions``)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, captions: str = "mixed") -> None:
         self.seed = seed
+        self.captions = captions
 
     def batch(self, step: int, batch: int, start: int, stop: int) -> List[Sample]:
         """Positions ``start .. stop - 1`` of the global batch (size ``batch``) of ``step``."""
         base = FINETUNE_SEED_OFFSET + self.seed * 10**9 + step * batch
-        return [shapes_sample(base + j) for j in range(start, stop)]
+        return [shapes_sample(base + j, self.captions) for j in range(start, stop)]
 
 
 def _read_line(line: str, where: str, root: Path, separator: Optional[str]) -> Sample:

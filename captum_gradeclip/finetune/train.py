@@ -43,7 +43,8 @@ class FinetuneConfig:
         steps: optimisation steps. batch: the global batch (split over processes). lr: peak
         learning rate. seed: data seed. masks: one of :data:`MASK_KINDS`. region_weight,
         global_weight: the loss' weights. threshold, temperature: :func:`~.masks.soft_mask`'s.
-        save_every: steps between checkpoints. log_every: steps between log lines.
+        save_every: steps between checkpoints. log_every: steps between log lines. captions:
+        ShapesCLIP's caption mode (:data:`~.data.CAPTION_MODES`; unused with a pairs file).
     """
 
     steps: int = 300
@@ -57,6 +58,7 @@ class FinetuneConfig:
     temperature: float = TEMPERATURE
     save_every: int = 50
     log_every: int = 25
+    captions: str = "mixed"
 
     def check(self, world: int) -> None:
         """Raises ValueError for settings that cannot run on ``world`` processes."""
