@@ -151,8 +151,7 @@ def run_folder(args: argparse.Namespace) -> Optional[dict]:
     require_pyarrow("the folder benchmark")
     prompts, files = folder_inputs(args)
     out = Path(args.out_dir) / "curves"
-    ranks = dist.init("cpu")
-    try:
+    with dist.session("cpu") as ranks:
         start(out, job_config(_config(args, prompts, files), len(files), SHARD_SIZE, args.batch), ranks)
         clip = load(args.model, args.open_clip)
         sim = clip.image_similarity(*clip.tokens(prompts))
@@ -161,8 +160,6 @@ def run_folder(args: argparse.Namespace) -> Optional[dict]:
         items = [WorkItem(f.name, tuple(prompts)) for f in files]
         summary = run(ImageFolderDataset(Path(args.images), items, clip.pixels), explainer, out, ranks,
                       batch_size=args.batch, shard_size=SHARD_SIZE, num_workers=1)
-    finally:
-        ranks.close()
     if ranks.rank != 0:
         return None
     skipped = sorted({e["image"] for e in _errors(out)})

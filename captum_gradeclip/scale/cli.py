@@ -66,8 +66,7 @@ def cmd_explain_dataset(args: argparse.Namespace) -> None:
         raise CLIError(f"--batch-size and --shard-size must be >= 1, got {args.batch_size} and {args.shard_size}")
     items = work_items(args)
     out = Path(args.out)
-    ranks = dist.init(args.device)
-    try:
+    with dist.session(args.device) as ranks:
         start(out, job_config(job_description(args, items), len(items), args.shard_size, args.batch_size), ranks)
         clip = load(args.model, args.open_clip)
         clip.model.to(ranks.device)
@@ -78,8 +77,6 @@ def cmd_explain_dataset(args: argparse.Namespace) -> None:
         dataset = ImageFolderDataset(Path(args.images), items, clip.pixels)
         summary = run(dataset, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
                       num_workers=args.workers, progress=not args.no_progress)
-    finally:
-        ranks.close()
     if ranks.rank == 0:
         print(f"{out}: {summary['images']} images, {summary['pairs']} pairs, {summary['errors']} errors; "
               f"this run: {summary['images_this_run']} images in {summary['wall_s']:.1f} s "

@@ -10,9 +10,10 @@ the file system.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, List
+from typing import Any, Iterator, List
 
 import torch
 
@@ -51,9 +52,16 @@ class Ranks:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def close(self) -> None:
+    def close(self, sync: bool = True) -> None:
+        """Destroy the process group this module made; ``sync``: once every rank is here (a rank
+        leaving while another still reads its last message makes gloo abort that one). Not
+        after an error on this rank alone: the others are in another collective."""
         if self.owns_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            try:
+                if sync:
+                    torch.distributed.barrier()
+            finally:
+                torch.distributed.destroy_process_group()
 
 
 def init(device: str = "auto") -> Ranks:
@@ -78,3 +86,16 @@ def init(device: str = "auto") -> Ranks:
         torch.cuda.set_device(torch.device(device))
     dist.init_process_group("nccl" if gpu else "gloo", timeout=BARRIER_TIMEOUT)
     return Ranks(dist.get_rank(), dist.get_world_size(), device, owns_group=True)
+
+
+@contextmanager
+def session(device: str = "auto") -> Iterator[Ranks]:
+    """``with session() as ranks:`` :func:`init`, then :meth:`Ranks.close` (in step with the other
+    ranks after success, at once after an error)."""
+    ranks = init(device)
+    try:
+        yield ranks
+    except BaseException:
+        ranks.close(sync=False)
+        raise
+    ranks.close()

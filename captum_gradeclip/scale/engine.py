@@ -311,10 +311,7 @@ def explain_dataset(dataset: Any, explainer: BatchExplainer, out: "str | Path", 
     if hasattr(explainer, "config"):
         cfg["explainer"] = explainer.config()
     out = Path(out)
-    ranks = dist.init(device)
-    try:
+    with dist.session(device) as ranks:
         start(out, job_config(cfg, len(dataset), shard_size, batch_size), ranks)
         return run(dataset, explainer, out, ranks, batch_size=batch_size, shard_size=shard_size,
                    num_workers=num_workers, progress=progress)
-    finally:
-        ranks.close()
