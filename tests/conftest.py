@@ -44,6 +44,15 @@ def text_batch():
     return ids, mask
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Commands run in-process (train, finetune) set torch's process-wide thread count; restore it
+    so that later tests (bit-exact ones included) see the default."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def model():
     return tiny_clip()
