@@ -241,9 +241,11 @@ def image_target_none_with_several_texts():
     ge().attribute(px(), target=None)
 
 
-@case(TypeError, r"target must be None, an int, .* got int64")
-def image_target_numpy_int():  # clear, though numpy ints could be accepted (see the report)
-    ge().attribute(px(), target=np.int64(1))
+@case()
+def image_target_numpy_int():  # numpy integers are integers
+    g, x = ge(), px()
+    assert torch.equal(g.attribute(x, target=np.int64(1)), g.attribute(x, target=1))
+    assert torch.equal(g.attribute(x, target=[np.int32(2), np.int64(0)]), g.attribute(x, target=[2, 0]))
 
 
 @case(TypeError, r"target must be None, an int, .* got tuple")

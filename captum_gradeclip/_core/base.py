@@ -18,6 +18,7 @@ than ``o``, ``grad_sources``), and sets ``needs_grad`` / ``pooled_grad_only``.
 
 from __future__ import annotations
 
+import numbers
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -94,8 +95,8 @@ def check_target(target: TargetType, n: int, k: int) -> TargetType:
         return None
     if isinstance(target, bool):
         raise TypeError("target must be an int, a list of ints or a tensor, got a bool")
-    if isinstance(target, int):
-        return check_int(target)
+    if isinstance(target, numbers.Integral):  # int, numpy integers
+        return check_int(int(target))
     if torch.is_tensor(target):
         if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
             raise TypeError(f"a tensor target must hold integer indices, got dtype {target.dtype}")
@@ -107,10 +108,10 @@ def check_target(target: TargetType, n: int, k: int) -> TargetType:
     if isinstance(target, list):
         if len(target) != n:
             raise ValueError(f"a list target must have one entry per example ({n}), got {len(target)}")
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in target):
-            bad = next(i for i in target if not isinstance(i, int) or isinstance(i, bool))
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in target):
+            bad = next(i for i in target if not isinstance(i, numbers.Integral) or isinstance(i, bool))
             raise TypeError(f"a list target must hold ints, got {type(bad).__name__}")
-        return [check_int(i) for i in target]
+        return [check_int(int(i)) for i in target]
     raise TypeError(f"target must be None, an int, a list of ints or a tensor, got {type(target).__name__}")
 
 
