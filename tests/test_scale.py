@@ -204,10 +204,27 @@ def test_input_errors_are_one_line(tmp_path, capsys):
     cases = [(["--pairs", str(bad)], "bad.jsonl:2: expected"),
              (["--class-prompts", "a photo"], "must contain {}"),
              (["--prompts", str(tmp_path / "missing.txt")], "--prompts must be a text file"),
-             (["--prompts", str(prompts), "--batch-size", "0"], "--batch-size and --shard-size must be >= 1")]
+             (["--prompts", str(prompts), "--batch-size", "0"], "--batch-size, --shard-size and --text-chunk must be >= 1")]
     for flags, message in cases:
         assert main(["explain-dataset", "--images", str(images), *flags, *out]) == 2
         assert message in capsys.readouterr().err
     assert main(["explain-dataset", "--images", str(tmp_path / "none"), "--prompts", str(prompts), *out]) == 2
     assert "--images must be a folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_text_chunks_give_the_rows_of_one_backward(tmp_path):
+    """--text-chunk 1 (one forward and backward per prompt) writes the maps of one batched
+    backward over all prompts (equal after float16), and is part of the job's configuration."""
+    images, prompts = make_folder(tmp_path, n=3)
+    assert _run(images, prompts, tmp_path / "all") == 0
+    assert _run(images, prompts, tmp_path / "one", "--text-chunk", "1") == 0
+    a = {(r["image"], r["text"]): r for r in read_maps(tmp_path / "all")}
+    b = {(r["image"], r["text"]): r for r in read_maps(tmp_path / "one")}
+    assert a.keys() == b.keys() and len(a) == 9
+    for key in a:
+        torch.testing.assert_close(a[key]["map"], b[key]["map"], rtol=1e-3, atol=1e-4)
+        assert a[key]["score"] == pytest.approx(b[key]["score"], abs=1e-6)
+    config = json.loads((tmp_path / "one" / "manifest.json").read_text())["config"]
+    assert config["explainer"]["text_chunk"] == 1
+    assert _run(images, prompts, tmp_path / "bad", "--text-chunk", "0") == 2

@@ -35,7 +35,7 @@ def work_items(args: argparse.Namespace) -> List[Any]:
 def method_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The :class:`~.explain.CLIPExplainer` options the flags choose."""
     return dict(layers=list(args.layers), spatial=args.spatial, single_head=args.single_head,
-                text_maps=args.text_maps)
+                text_maps=args.text_maps, text_chunk=args.text_chunk)
 
 
 def job_description(args: argparse.Namespace, items: List[Any]) -> Dict[str, Any]:
@@ -62,8 +62,9 @@ def cmd_explain_dataset(args: argparse.Namespace) -> None:
 
     require_pyarrow("explain-dataset")
     check_choice(args.model, args.open_clip)
-    if args.batch_size < 1 or args.shard_size < 1:
-        raise CLIError(f"--batch-size and --shard-size must be >= 1, got {args.batch_size} and {args.shard_size}")
+    if min(args.batch_size, args.shard_size, args.text_chunk) < 1:
+        raise CLIError(f"--batch-size, --shard-size and --text-chunk must be >= 1, got {args.batch_size}, "
+                       f"{args.shard_size} and {args.text_chunk}")
     items = work_items(args)
     out = Path(args.out)
     with dist.session(args.device) as ranks:
@@ -103,6 +104,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--spatial", default="cosine", choices=["cosine", "cosine_per_head", "attention", "uniform"])
     p.add_argument("--single-head", action="store_true", help="the authors' single-head reproduction mode")
     p.add_argument("--text-maps", action="store_true", help="also write word maps (words, word_map)")
+    p.add_argument("--text-chunk", type=int, default=64,
+                   help="texts explained per backward (default 64): bounds memory for many prompts")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--shard-size", type=int, default=256, help="images per shard (default 256)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images (default 2)")

@@ -102,23 +102,26 @@ class CLIPExplainer:
 
     def __init__(self, clip: "LoadedCLIP", *, layers: Sequence[int] = (-1,), spatial: str = "cosine",
                  single_head: bool = False, text_maps: bool = False, text_layers: int = 8,
-                 device: Any = "cpu") -> None:
+                 text_chunk: int = 64, device: Any = "cpu") -> None:
+        if text_chunk < 1:
+            raise ValueError(f"text_chunk must be at least 1, got {text_chunk}")
         self.clip, self.layers, self.spatial, self.single_head = clip, list(layers), spatial, single_head
         self.text_maps, self.text_layers, self.device = text_maps, text_layers, torch.device(device)
-        self._cached: Tuple[Tuple[str, ...], Any] = ((), None)
+        self.text_chunk = text_chunk
+        self._cached: Dict[Tuple[str, ...], Any] = {}
 
     @staticmethod
     def describe(*, layers: Sequence[int] = (-1,), spatial: str = "cosine", single_head: bool = False,
-                 text_maps: bool = False, text_layers: int = 8) -> Dict[str, Any]:
+                 text_maps: bool = False, text_layers: int = 8, text_chunk: int = 64) -> Dict[str, Any]:
         """The method options as a job's configuration records them (before loading a model)."""
         return {"method": "ImageGradECLIP", "layers": list(layers), "spatial": spatial,
                 "single_head": bool(single_head), "text_maps": bool(text_maps),
-                "text_layers": text_layers if text_maps else None}
+                "text_layers": text_layers if text_maps else None, "text_chunk": text_chunk}
 
     def config(self) -> Dict[str, Any]:
         """:meth:`describe` of this explainer's options."""
         return self.describe(layers=self.layers, spatial=self.spatial, single_head=self.single_head,
-                             text_maps=self.text_maps, text_layers=self.text_layers)
+                             text_maps=self.text_maps, text_layers=self.text_layers, text_chunk=self.text_chunk)
 
     def _tokens(self, texts: Sequence[str]) -> Tuple[Tensor, Optional[Tensor]]:
         ids, mask = self.clip.tokens(texts)
@@ -129,19 +132,25 @@ class CLIPExplainer:
         a ``--prompts`` job embeds its prompts once)."""
         from .._core import ImageGradECLIP
 
-        if self._cached[0] != union:
+        if union not in self._cached:
+            if len(self._cached) >= 64:  # per-image texts (--pairs): keep the cache bounded
+                self._cached.clear()
             sim = self.clip.image_similarity(*self._tokens(union))
             layers = [self.clip.image_layers[i] for i in self.layers]
-            self._cached = (union, ImageGradECLIP(sim, layers if len(layers) > 1 else layers[0],
-                                                  spatial=self.spatial, single_head=self.single_head))
-        return self._cached[1]
+            self._cached[union] = ImageGradECLIP(sim, layers if len(layers) > 1 else layers[0],
+                                                 spatial=self.spatial, single_head=self.single_head)
+        return self._cached[union]
 
     def __call__(self, pixels: Tensor, texts: Sequence[Sequence[str]]) -> Rows:
-        """Rows for ``pixels (N, 3, H, W)``, image ``n`` explained for ``texts[n]``."""
+        """Rows for ``pixels (N, 3, H, W)``, image ``n`` explained for ``texts[n]``. The union of
+        the texts is explained ``text_chunk`` columns at a time (one forward and one batched
+        backward each), which bounds memory for large prompt sets (e.g. 1000 class prompts)."""
         union = tuple(sorted({t for ts in texts for t in ts}))
         columns = {t: k for k, t in enumerate(union)}
         pixels = pixels.to(self.device)
-        maps, scores = attribute_with_scores(self._image_explainer(union), pixels)
+        parts = [attribute_with_scores(self._image_explainer(union[i:i + self.text_chunk]), pixels)
+                 for i in range(0, len(union), self.text_chunk)]
+        maps, scores = torch.cat([m for m, _ in parts], 1), torch.cat([s for _, s in parts], 1)
         rows = _rows(maps, scores, columns, texts)
         if self.text_maps:
             self._add_word_maps(rows, pixels, union, columns)
