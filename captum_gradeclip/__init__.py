@@ -2,8 +2,13 @@
 
 from ._core import ImageGradECLIP, LayerGradECLIP, TextGradECLIP
 from .adapters import AttentionAdapter, register_adapter
-from .families import (BlipImageTextSimilarity, BlipTextImageSimilarity, ImageClassifierLogits,
-                       SiglipImageTextSimilarity, SiglipTextImageSimilarity)
+from .families import (
+                       BlipImageTextSimilarity,
+                       BlipTextImageSimilarity,
+                       ImageClassifierLogits,
+                       SiglipImageTextSimilarity,
+                       SiglipTextImageSimilarity,
+)
 from .forward import ImageTextSimilarity, TextImageSimilarity, eos_positions
 
 __version__ = "0.1.0"
