@@ -36,8 +36,15 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_pa
     moved = max((one[k] - init[k]).abs().max().item() for k in one)
     # k_proj biases have an exactly-zero gradient (softmax is shift-invariant): Adam turns their
     # floating-point noise into steps of either sign, so they are compared through the function below
-    diff = max((one[k] - two[k]).abs().max().item() for k in one if not k.endswith("k_proj.bias"))
-    assert moved > 1e-4 and diff < 1e-5, (moved, diff)
+    def gap(a, b):
+        return max((a[k] - b[k]).abs().max().item() for k in a if not k.endswith("k_proj.bias"))
+
+    # Adam divides by the gradient's running scale, so float noise in a near-zero gradient becomes
+    # a step of up to lr (1e-4) per step: measured gaps 2.3e-6 (torch 2.13) and 1.0e-5 (2.14.1).
+    # The control: one process with half the global batch (other data) is far further away.
+    assert main(common[:3] + ["--batch", "4"] + common[5:] + ["--out", str(tmp_path / "half")]) == 0
+    diff, control = gap(one, two), gap(one, _weights(tmp_path / "half"))
+    assert moved > 1e-4 and diff < 5e-5 < control, (moved, diff, control)
     from transformers import CLIPModel
 
     from captum_gradeclip.finetune import dense_features
