@@ -57,11 +57,6 @@ def test_install_commands_spell_extras_normalised(where):
     assert [n for n in spellings if n != _normalise(n)] == []
 
 
-@pytest.mark.xfail(
-    reason="the README's open_clip paragraph (after the Quickstart) still says captum-gradeclip[open_clip]; "
-    "make this a plain test once it says [open-clip]",
-    strict=False,
-)
 def test_everything_else_spells_extras_normalised():
     files = [ROOT / "README.md", *sorted((ROOT / "captum_gradeclip").rglob("*.py"))]
     bad = {
