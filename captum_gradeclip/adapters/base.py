@@ -163,3 +163,33 @@ def first_param(module: nn.Module) -> str:
 
 def is_linear(m: Any) -> bool:
     return isinstance(m, nn.Linear)
+
+
+def token_input_hook(capture: Capture, name: str,
+                     mask_of: Callable[[nn.Module, tuple, dict, Tensor], Optional[Tensor]]) -> Callable:
+    """A forward pre-hook (``with_kwargs=True``) for an attention called on token states: passes
+    its input ``name`` through :meth:`Capture.enter`, records it as ``layer_input`` and the call's
+    mask as ``mask_of(module, args, kwargs, x)``."""
+    def pre(mod, args, kwargs):
+        x, = capture.enter(first_arg(args, kwargs, name))
+        capture.mask = mask_of(mod, args, kwargs, x)
+        capture.layer_input = x
+        return replace_first_arg(args, kwargs, name, x)
+
+    return pre
+
+
+def projection_hooks(capture: Capture, *, query: nn.Module, key: nn.Module, value: nn.Module,
+                     out: nn.Module) -> List[RemovableHandle]:
+    """Hooks recording the outputs of separate ``q, k, v`` linears as ``query, key, value`` and
+    the input of the output linear as ``o``."""
+    def setter(field: str) -> Callable:
+        def hook(mod, args, output):
+            setattr(capture, field, output)
+        return hook
+
+    def before_out(mod, args):
+        capture.o = args[0]
+
+    return [query.register_forward_hook(setter("query")), key.register_forward_hook(setter("key")),
+            value.register_forward_hook(setter("value")), out.register_forward_pre_hook(before_out)]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .._core.functional import additive_mask, causal_mask, single_head_attention
-from .base import AttentionAdapter, Capture, first_arg, is_linear, replace_first_arg
+from .base import AttentionAdapter, Capture, is_linear, projection_hooks, token_input_hook
 
 
 def _model_mask(kwargs: dict, mod: nn.Module, x: Tensor) -> Optional[Tensor]:
@@ -59,20 +59,6 @@ class QKVOutProjAdapter(AttentionAdapter):
     def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
         m = self.module
 
-        def pre(mod, args, kwargs):
-            x, = capture.enter(first_arg(args, kwargs, "hidden_states"))
-            capture.mask = _model_mask(kwargs, mod, x)
-            capture.layer_input = x
-            return replace_first_arg(args, kwargs, "hidden_states", x)
-
-        def setter(name):
-            def hook(mod, args, out):
-                setattr(capture, name, out)
-            return hook
-
-        def before_out_proj(mod, args):
-            capture.o = args[0]
-
         def after(mod, args, output):
             capture.attn_out = output[0] if isinstance(output, tuple) else output
 
@@ -82,11 +68,7 @@ class QKVOutProjAdapter(AttentionAdapter):
             capture.attn_out = F.linear(capture.o, mod.out_proj.weight, mod.out_proj.bias)
             return (capture.attn_out,) + tuple(output[1:]) if isinstance(output, tuple) else capture.attn_out
 
-        return [
-            m.register_forward_pre_hook(pre, with_kwargs=True),
-            m.q_proj.register_forward_hook(setter("query")),
-            m.k_proj.register_forward_hook(setter("key")),
-            m.v_proj.register_forward_hook(setter("value")),
-            m.out_proj.register_forward_pre_hook(before_out_proj),
-            m.register_forward_hook(replace if single_head else after),
-        ]
+        pre = token_input_hook(capture, "hidden_states", lambda mod, args, kwargs, x: _model_mask(kwargs, mod, x))
+        return [m.register_forward_pre_hook(pre, with_kwargs=True),
+                *projection_hooks(capture, query=m.q_proj, key=m.k_proj, value=m.v_proj, out=m.out_proj),
+                m.register_forward_hook(replace if single_head else after)]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .._core.functional import additive_mask, causal_mask, single_head_attention
-from .base import AttentionAdapter, Capture, first_arg, is_linear, replace_first_arg
+from .base import AttentionAdapter, Capture, is_linear, projection_hooks, token_input_hook
 
 #: (q, k, v, out) paths inside the attention module, one tuple per naming
 _NAMINGS: Tuple[Tuple[str, str, str, str], ...] = (
@@ -116,20 +116,6 @@ class SeparateQKVAdapter(AttentionAdapter):
         return mask
 
     def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
-        def pre(mod, args, kwargs):
-            x, = capture.enter(first_arg(args, kwargs, "hidden_states"))
-            capture.mask = self._mask(mod, args, kwargs, x)
-            capture.layer_input = x
-            return replace_first_arg(args, kwargs, "hidden_states", x)
-
-        def setter(name):
-            def hook(mod, args, out):
-                setattr(capture, name, out)
-            return hook
-
-        def before_out(mod, args):
-            capture.o = args[0]
-
         def after_out(mod, args, output):
             if single_head:
                 capture.o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
@@ -138,11 +124,7 @@ class SeparateQKVAdapter(AttentionAdapter):
             capture.attn_out = output
             return output if single_head else None
 
-        return [
-            self.module.register_forward_pre_hook(pre, with_kwargs=True),
-            self._q.register_forward_hook(setter("query")),
-            self._k.register_forward_hook(setter("key")),
-            self._v.register_forward_hook(setter("value")),
-            self._out.register_forward_pre_hook(before_out),
-            self._out.register_forward_hook(after_out),
-        ]
+        pre = token_input_hook(capture, "hidden_states", self._mask)
+        return [self.module.register_forward_pre_hook(pre, with_kwargs=True),
+                *projection_hooks(capture, query=self._q, key=self._k, value=self._v, out=self._out),
+                self._out.register_forward_hook(after_out)]
