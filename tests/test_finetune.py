@@ -13,6 +13,7 @@ from conftest import tiny_clip
 
 from captum_gradeclip import ImageGradECLIP, ImageTextSimilarity
 from captum_gradeclip.baselines import MaskCLIP
+from captum_gradeclip.distributed import Ranks
 from captum_gradeclip.finetune import (
     DataError,
     FinetuneConfig,
@@ -26,7 +27,6 @@ from captum_gradeclip.finetune import (
     read_pairs,
     soft_mask,
 )
-from captum_gradeclip.finetune.dist import Dist
 from captum_gradeclip.finetune.evaluate import _miou
 from captum_gradeclip.finetune.loss import RegionPhraseLossOutput
 from captum_gradeclip.finetune.train import Student, train_step
@@ -142,7 +142,7 @@ def test_gradients_reach_the_student_never_the_teacher():
     teacher = Teacher(model, processor.tokenizer)
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
     out = train_step(Student(model), teacher, processor, RegionPhraseLoss(), ShapesSource().batch(0, 4, 0, 4),
-                     cfg, Dist())
+                     cfg, Ranks())
     assert isinstance(out, RegionPhraseLossOutput) and torch.isfinite(out.loss)
     out.loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}

@@ -140,9 +140,9 @@ def run_folder(args: argparse.Namespace) -> Optional[dict]:
         CLIError: bad inputs (see :func:`folder_inputs`), none of the images readable,
             or another job's curves in ``args.out_dir``.
     """
+    from .. import distributed as dist
     from .._io import CLIError
     from ..models import load
-    from ..scale import dist
     from ..scale.data import ImageFolderDataset, WorkItem
     from ..scale.engine import job_config, run, start
     from ..scale.store import require_pyarrow

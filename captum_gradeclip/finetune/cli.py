@@ -125,36 +125,38 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     """Train (and, for ShapesCLIP, evaluate before / after and the ablations); see the module docstring."""
     import torch
 
-    from . import dist as D
+    from ..distributed import session
     from .train import FinetuneConfig
 
-    d = D.setup()
-    torch.set_num_threads(args.threads or max(1, (torch.get_num_threads()) // d.world))
-    cfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, masks=args.masks,
-                         save_every=args.save_every, captions=args.captions)
+    with session() as d:  # the process group of torchrun's processes, closed in step after success
+        torch.set_num_threads(args.threads or max(1, (torch.get_num_threads()) // d.world))
+        cfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, masks=args.masks,
+                             save_every=args.save_every, captions=args.captions)
+        try:
+            _train_and_evaluate(args, cfg, d)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+
+
+def _train_and_evaluate(args: argparse.Namespace, cfg: Any, d: Any) -> None:
+    """The fine-tuning, then (ShapesCLIP) ``metrics.json`` before / after and the ablations."""
     evaluate = args.pairs is None and args.eval_scenes > 0
-    try:
-        t0 = time.time()
-        model, processor = _run(args, cfg, args.out, d, save=True)
-        if args.stop_after is not None and args.stop_after < cfg.steps:
-            return
-        metrics: Dict[str, Any] = {"config": asdict(cfg)}
-        if evaluate and d.main:
-            metrics["before"] = _evaluate(*_load(args), args)
-            metrics["after"] = _evaluate(model, processor, args)
-        _write(metrics, args.out, t0, d)
-        if args.ablations:
-            metrics["ablations"] = {}
-            short = replace(cfg, steps=args.ablation_steps or cfg.steps)
-            for name, kind in ABLATIONS.items():
-                m, p = _run(args, replace(short, masks=kind), args.out / "ablations" / name, d, save=False)
-                if evaluate and d.main:
-                    metrics["ablations"][name] = {"steps": short.steps, **_evaluate(m, p, args)}
-                _write(metrics, args.out, t0, d)
-        if d.main:
-            print(json.dumps({k: metrics[k] for k in ("before", "after", "ablations") if k in metrics}, indent=2))
-        D.barrier(d)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    finally:
-        D.teardown(d)
+    t0 = time.time()
+    model, processor = _run(args, cfg, args.out, d, save=True)
+    if args.stop_after is not None and args.stop_after < cfg.steps:
+        return
+    metrics: Dict[str, Any] = {"config": asdict(cfg)}
+    if evaluate and d.main:
+        metrics["before"] = _evaluate(*_load(args), args)
+        metrics["after"] = _evaluate(model, processor, args)
+    _write(metrics, args.out, t0, d)
+    if args.ablations:
+        metrics["ablations"] = {}
+        short = replace(cfg, steps=args.ablation_steps or cfg.steps)
+        for name, kind in ABLATIONS.items():
+            m, p = _run(args, replace(short, masks=kind), args.out / "ablations" / name, d, save=False)
+            if evaluate and d.main:
+                metrics["ablations"][name] = {"steps": short.steps, **_evaluate(m, p, args)}
+            _write(metrics, args.out, t0, d)
+    if d.main:
+        print(json.dumps({k: metrics[k] for k in ("before", "after", "ablations") if k in metrics}, indent=2))

@@ -1,4 +1,5 @@
-"""Distributed helpers: set-up from ``torchrun``'s environment and gathering rows with gradients.
+"""Gathering the global batch across processes, with gradients (the process group itself is
+:mod:`captum_gradeclip.distributed`'s :class:`~captum_gradeclip.distributed.Ranks`).
 
 Every process computes the loss of the *global* batch: embeddings are gathered from all processes
 (:func:`gather_rows`, differentiable: the backward sums the gradients of every process' copy of
@@ -9,50 +10,13 @@ global batch exactly (up to floating-point order).
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Any, List
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process stands: ``rank`` of ``world`` processes, on ``device``."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup() -> Dist:
-    """One process (no ``WORLD_SIZE`` or 1), or join ``torchrun``'s group: nccl when CUDA is there
-    (one GPU per local rank), else gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-        backend = "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend)
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
-
-
-def teardown(d: Dist) -> None:
-    """Leave the process group (if this run joined one)."""
-    if d.world > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+from ..distributed import Ranks
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -70,7 +34,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
 
 
-def gather_rows(x: Tensor, d: Dist) -> Tensor:
+def gather_rows(x: Tensor, d: Ranks) -> Tensor:
     """``(n_r, ...)`` on each process -> ``(sum_r n_r, ...)`` in rank order, differentiable (rows
     may differ in number between processes). One process: ``x`` itself."""
     if d.world == 1:
@@ -85,16 +49,6 @@ def gather_rows(x: Tensor, d: Dist) -> Tensor:
     return full[keep]
 
 
-def gather_objects(items: List[Any], d: Dist) -> List[Any]:
+def gather_objects(items: List[Any], d: Ranks) -> List[Any]:
     """Concatenate each process' list (e.g. captions), in rank order."""
-    if d.world == 1:
-        return list(items)
-    out: List[Any] = [None] * d.world
-    dist.all_gather_object(out, list(items))
-    return [x for part in out for x in part]
-
-
-def barrier(d: Dist) -> None:
-    """Wait for every process (no-op for one)."""
-    if d.world > 1:
-        dist.barrier()
+    return [x for part in d.gather(list(items)) for x in part]

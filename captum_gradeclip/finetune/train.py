@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..distributed import Ranks, init
 from . import dist as D
 from .data import DataError, Sample
 from .dense import dense_features, pool_regions
@@ -118,7 +119,7 @@ def _ids(strings: List[str], device: torch.device) -> Tensor:
 
 
 def train_step(student: nn.Module, teacher: Optional[Teacher], processor: Any, loss_fn: RegionPhraseLoss,
-               samples: Sequence[Sample], cfg: FinetuneConfig, d: D.Dist) -> RegionPhraseLossOutput:
+               samples: Sequence[Sample], cfg: FinetuneConfig, d: Ranks) -> RegionPhraseLossOutput:
     """The loss of one step on this process' ``samples`` (gathered into the global batch); not
     yet differentiated."""
     pixels = processor(images=[s.image for s in samples], return_tensors="pt").pixel_values.to(d.device)
@@ -179,7 +180,7 @@ def load_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, cfg: Fin
 
 
 def _step(wrapped: nn.Module, model: nn.Module, parts: Tuple[Any, ...], samples: List[Sample],
-          cfg: FinetuneConfig, d: D.Dist) -> RegionPhraseLossOutput:
+          cfg: FinetuneConfig, d: Ranks) -> RegionPhraseLossOutput:
     teacher, processor, loss_fn, opt, sched = parts
     out = train_step(wrapped, teacher, processor, loss_fn, samples, cfg, d)
     opt.zero_grad(set_to_none=True)
@@ -193,7 +194,7 @@ def _step(wrapped: nn.Module, model: nn.Module, parts: Tuple[Any, ...], samples:
 
 
 def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig, out: "str | Path", *,
-             d: Optional[D.Dist] = None, stop_after: Optional[int] = None) -> Dict[str, Any]:
+             d: Optional[Ranks] = None, stop_after: Optional[int] = None) -> Dict[str, Any]:
     """Fine-tune ``model`` in place (resuming from ``out/checkpoint.pt`` if there is one).
 
     Args:
@@ -202,7 +203,7 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
             when resuming: the checkpoint's weights are loaded after the copy).
         processor: its ``CLIPProcessor``. source: :class:`~.data.ShapesSource` or
             :class:`~.data.PairsSource`. cfg: the settings. out: folder for the checkpoint.
-        d: the process group (default: :func:`~.dist.setup`'s). stop_after: stop before this step
+        d: the process group (default: :func:`captum_gradeclip.distributed.init`'s). stop_after: stop before this step
             (an interruption, for tests); the checkpoint is written there.
 
     Returns:
@@ -211,7 +212,7 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
     Raises:
         ValueError: bad settings, or a checkpoint with other settings.
     """
-    d = d or D.setup()
+    d = d or init()
     cfg.check(d.world)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,7 +227,7 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(student, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        wrapped = DistributedDataParallel(student, device_ids=[torch.device(d.device).index] if d.device.startswith("cuda") else None)
     opt, sched = _optimizer(list(model.parameters()), cfg)
     start = load_checkpoint(out / "checkpoint.pt", model, opt, sched, cfg)
     parts = (teacher, processor, RegionPhraseLoss(cfg.region_weight, cfg.global_weight), opt, sched)
@@ -244,7 +245,7 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
             if (step + 1) % cfg.save_every == 0 or step + 1 == end:
                 if d.main:
                     save_checkpoint(out / "checkpoint.pt", step + 1, model, opt, sched, cfg)
-                D.barrier(d)
+                d.barrier()
     finally:
         model.train(was_training)
     return {"steps_run": max(0, end - start), "seconds": round(time.time() - t0, 1), "log": log}

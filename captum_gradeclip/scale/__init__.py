@@ -6,7 +6,8 @@
 Modules: :mod:`.data` (work lists and the image-folder dataset), :mod:`.explain` (one batch:
 Grad-ECLIP maps for each image's texts), :mod:`.engine` (shards, ranks, the loop),
 :mod:`.store` (the output folder: config, shards, errors, manifest), :mod:`.table` (the Parquet
-schema and :func:`read_maps`), :mod:`.dist` (the process group), :mod:`.cli` (the command).
+schema and :func:`read_maps`), :mod:`.cli` (the command); the process group is
+:mod:`captum_gradeclip.distributed`.
 Needs pyarrow: ``pip install 'captum-gradeclip[scale]'``.
 """
 

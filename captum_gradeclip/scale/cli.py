@@ -53,8 +53,8 @@ def job_description(args: argparse.Namespace, items: List[Any]) -> Dict[str, Any
 
 def cmd_explain_dataset(args: argparse.Namespace) -> None:
     """Run the job on this rank; rank 0 prints the summary."""
+    from .. import distributed as dist
     from ..models import check_choice, load
-    from . import dist
     from .data import ImageFolderDataset
     from .engine import job_config, run, start
     from .explain import CLIPExplainer

@@ -24,8 +24,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
+from .. import distributed as dist
 from .._io import CLIError
-from . import dist, store
+from . import store
 from .data import key_of
 from .table import to_table
 
@@ -295,7 +296,7 @@ def explain_dataset(dataset: Any, explainer: BatchExplainer, out: "str | Path", 
         batch_size, shard_size: images per batch and per shard (both fix the maps' bits).
         num_workers: ``DataLoader`` workers decoding images.
         progress: show a progress bar.
-        device: see :func:`.dist.init`.
+        device: see :func:`captum_gradeclip.distributed.init`.
 
     Returns:
         The summary dict of :func:`run` (on every rank; totals on rank 0).

@@ -1,10 +1,12 @@
-"""Which process this is, on PyTorch's own distributed runtime.
+"""Which process this is, on PyTorch's own distributed runtime (used by ``explain-dataset``, the
+folder benchmark and ``finetune``).
 
 ``torchrun`` (``python -m torch.distributed.run``) sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK`` and the rendezvous variables; the process group (gloo on CPU, nccl on GPU) is
 initialised only when ``WORLD_SIZE`` > 1, so one plain process needs no ``torch.distributed`` at
-all. Ranks only exchange small Python objects (an error message, counts); the data goes through
-the file system.
+all. Through :class:`Ranks`, processes exchange small Python objects (an error message, counts,
+captions); dataset jobs pass their data through the file system, and ``finetune`` gathers tensors
+with its own differentiable gather (``finetune/dist.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ class Ranks:
     world: int = 1
     device: str = "cpu"
     owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0 (the process that writes shared files)."""
+        return self.rank == 0
 
     def barrier(self) -> None:
         if self.world > 1:
