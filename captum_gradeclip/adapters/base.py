@@ -165,6 +165,23 @@ def is_linear(m: Any) -> bool:
     return isinstance(m, nn.Linear)
 
 
+def is_identity(m: Optional[nn.Module]) -> bool:
+    """A child that is absent or ``nn.Identity`` (an option the model was built without)."""
+    return m is None or isinstance(m, nn.Identity)
+
+
+def refuse_non_softmax(module: nn.Module, unsupported: List[str], before: str) -> None:
+    """Raise ``NotImplementedError`` naming the ``unsupported`` features of ``module`` that make
+    its output before ``before`` (the output projection) something other than a softmax-weighted
+    sum of values; nothing when the list is empty."""
+    if unsupported:
+        raise NotImplementedError(
+            f"{type(module).__name__} uses {' and '.join(unsupported)}: its output before {before} is not a "
+            "softmax-weighted sum of values, which Grad-ECLIP's decomposition needs. Explain a model "
+            "without it, or register your own adapter with `captum_gradeclip.adapters.register_adapter`."
+        )
+
+
 def token_input_hook(capture: Capture, name: str,
                      mask_of: Callable[[nn.Module, tuple, dict, Tensor], Optional[Tensor]]) -> Callable:
     """A forward pre-hook (``with_kwargs=True``) for an attention called on token states: passes

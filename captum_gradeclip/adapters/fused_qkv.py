@@ -24,11 +24,16 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .._core.functional import additive_mask, single_head_attention
-from .base import AttentionAdapter, Capture, first_arg, first_param, is_linear, replace_first_arg
-
-
-def _is_identity(m) -> bool:
-    return m is None or isinstance(m, nn.Identity)
+from .base import (
+    AttentionAdapter,
+    Capture,
+    first_arg,
+    first_param,
+    is_identity,
+    is_linear,
+    refuse_non_softmax,
+    replace_first_arg,
+)
 
 
 class FusedQKVSelfAttentionAdapter(AttentionAdapter):
@@ -55,15 +60,9 @@ class FusedQKVSelfAttentionAdapter(AttentionAdapter):
         unsupported = []
         if getattr(module, "logit_scale", None) is not None or getattr(module, "scaled_cosine", False):
             unsupported.append("scaled cosine attention (scaled_cosine=True)")
-        if not _is_identity(getattr(module, "ln_inner", None)):
+        if not is_identity(getattr(module, "ln_inner", None)):
             unsupported.append("a LayerNorm between the attention and out_proj (inner_norm=True)")
-        if unsupported:
-            raise NotImplementedError(
-                f"{type(module).__name__} uses {' and '.join(unsupported)}: its output before "
-                "out_proj is not a softmax-weighted sum of values, which Grad-ECLIP's "
-                "decomposition needs. Explain a model without it, or register your own adapter "
-                "with `captum_gradeclip.adapters.register_adapter`."
-            )
+        refuse_non_softmax(module, unsupported, "out_proj")
 
     @property
     def num_heads(self) -> int:
@@ -74,7 +73,7 @@ class FusedQKVSelfAttentionAdapter(AttentionAdapter):
         return self.module.out_proj
 
     def _per_head(self, x: Tensor, norm) -> Tensor:
-        if _is_identity(norm):
+        if is_identity(norm):
             return x
         b, n, d = x.shape
         return norm(x.view(b, n, self.num_heads, d // self.num_heads)).reshape(b, n, d)

@@ -20,13 +20,18 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .._core.functional import additive_mask, causal_mask, single_head_attention
-from .base import AttentionAdapter, Capture, first_arg, first_param, is_linear, replace_first_arg
+from .base import (
+    AttentionAdapter,
+    Capture,
+    first_arg,
+    first_param,
+    is_identity,
+    is_linear,
+    refuse_non_softmax,
+    replace_first_arg,
+)
 
 _OUT = ("projection", "proj")
-
-
-def _is_identity(m: Optional[nn.Module]) -> bool:
-    return m is None or isinstance(m, nn.Identity)
 
 
 def _out_linear(module: nn.Module) -> Optional[nn.Linear]:
@@ -56,17 +61,11 @@ class FusedQKVLinearAdapter(AttentionAdapter):
     def __init__(self, module: nn.Module) -> None:
         super().__init__(module)
         unsupported = []
-        if not _is_identity(getattr(module, "norm", None)):
+        if not is_identity(getattr(module, "norm", None)):
             unsupported.append("a norm between the heads and proj (scale_norm=True)")
         if getattr(module, "gate", None) is not None:
             unsupported.append("a sigmoid gate on the heads (gated=True)")
-        if unsupported:
-            raise NotImplementedError(
-                f"{type(module).__name__} uses {' and '.join(unsupported)}: its output before the "
-                "projection is not a softmax-weighted sum of values, which Grad-ECLIP's decomposition "
-                "needs. Explain a model without it, or register your own adapter with "
-                "`captum_gradeclip.adapters.register_adapter`."
-            )
+        refuse_non_softmax(module, unsupported, "the projection")
 
     @property
     def num_heads(self) -> int:
@@ -77,7 +76,7 @@ class FusedQKVLinearAdapter(AttentionAdapter):
         return _out_linear(self.module)
 
     def _per_head(self, x: Tensor, norm: Optional[nn.Module]) -> Tensor:
-        if _is_identity(norm):
+        if is_identity(norm):
             return x
         b, n, d = x.shape
         return norm(x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)).transpose(1, 2).reshape(b, n, d)
