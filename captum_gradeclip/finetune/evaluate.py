@@ -10,7 +10,7 @@ never on the evaluation scenes.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,6 @@ from .masks import grid_masks
 
 EVAL_SEED_START = 500_000
 CALIB_SEED_START = 600_000
-#: The published pointing game's 15 px at 224 px, at ShapesCLIP's 64 px.
-POINTING_TOLERANCE = round(15 * 64 / 224)
 
 
 def _pixels(scenes: Sequence[Scene]) -> Tensor:
@@ -112,10 +110,11 @@ def segmentation_miou(model: Any, tokenizer: Any, scenes: Sequence[Scene], backg
     return float(_miou(dense, prompts, scenes, torch.tensor([background]))[0])
 
 
-def pointing_game(model: Any, tokenizer: Any, scenes: Sequence[Scene], *, tolerance: int = POINTING_TOLERANCE,
+def pointing_game(model: Any, tokenizer: Any, scenes: Sequence[Scene], *, tolerance: Optional[int] = None,
                   batch: int = 100) -> float:
     """Grad-ECLIP's pointing game on ``model``: the share of (scene, object prompt) maps (last image
-    block) whose maximum lies within ``tolerance`` pixels of the object's visible mask."""
+    block) whose maximum lies within ``tolerance`` pixels of the object's visible mask (default:
+    :func:`captum_gradeclip.metrics.pointing_game`'s standard tolerance, 4 px at 64 px)."""
     from ..metrics import pointing_game as hits
     from .teacher import phrase_maps
 
