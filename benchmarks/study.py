@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from itertools import product
 from typing import Dict, List, Sequence
 
@@ -33,8 +32,8 @@ import torch
 
 from captum_gradeclip import ImageGradECLIP
 from captum_gradeclip.benchmark import report as R
-from captum_gradeclip.benchmark.protocols import faithfulness, shapes_items
-from captum_gradeclip.metrics import energy_pointing_game, mask_iou, pointing_game
+from captum_gradeclip.benchmark.protocols import explain_in_batches, score_shapes, shapes_items
+from captum_gradeclip.metrics import mask_iou
 from captum_gradeclip.models import load_shapes
 from captum_gradeclip.shapes import all_prompts
 
@@ -65,16 +64,10 @@ def score(clip, sim, items: List[dict], cfg: dict, step: float, batch: int = 16)
     targets = torch.tensor([it["target"] for it in items])
     masks = torch.stack([it["mask"] for it in items])
     g = ImageGradECLIP(sim, clip.image_layers[-cfg["last"]:], spatial=cfg["spatial"], single_head=cfg["single_head"])
-    t0 = time.perf_counter()
-    maps = torch.cat([g.attribute(pixels[s:s + batch], target=targets[s:s + batch]).detach()
-                      for s in range(0, len(items), batch)])
-    ms = 1000 * (time.perf_counter() - t0) / len(items)
-    faith = faithfulness(sim, pixels, maps, targets, argparse.Namespace(step=step, replacement="noise"))
-    return {R.POINTING.key: pointing_game(maps, masks).float().mean().item(),
-            R.POINTING_STRICT.key: pointing_game(maps, masks, tolerance=0).float().mean().item(),
-            R.ENERGY_POINTING.key: energy_pointing_game(maps, masks).mean().item(),
-            MIOU.key: mask_iou(maps, masks).mean().item(),
-            **{m.key: faith[m.key].mean().item() for m in R.FAITHFULNESS}, R.MS_PER_EXPLANATION.key: ms}
+    maps, seconds = explain_in_batches(lambda x, t: g.attribute(x, target=t), pixels, targets, batch)
+    scores = score_shapes(sim, pixels, maps, targets, masks, seconds,
+                          argparse.Namespace(step=step, replacement="noise"))
+    return {**scores, MIOU.key: mask_iou(maps, masks).mean().item()}
 
 
 def mean_ranks(results: Dict[str, Dict[str, float]], metrics: Sequence[R.Metric]) -> Dict[str, float]:

@@ -78,7 +78,7 @@ def shapes_items(n_scenes: int, seed_start: int = 0) -> List[dict]:
     return items
 
 
-def _explain_in_batches(fn: "ImageMethod", pixels: "Tensor", targets: "Tensor", batch: int) -> Tuple["Tensor", float]:
+def explain_in_batches(fn: "ImageMethod", pixels: "Tensor", targets: "Tensor", batch: int) -> Tuple["Tensor", float]:
     """``(maps (N, 1, h, w), seconds)`` of ``fn`` over ``pixels (N, 3, H, W)``, ``batch`` at a time."""
     maps, t0 = [], time.perf_counter()
     for s in range(0, len(pixels), batch):
@@ -86,7 +86,7 @@ def _explain_in_batches(fn: "ImageMethod", pixels: "Tensor", targets: "Tensor", 
     return torch.cat(maps), time.perf_counter() - t0
 
 
-def _score_shapes(sim, pixels, maps, targets, masks, seconds: float, args) -> Dict[str, float]:
+def score_shapes(sim, pixels, maps, targets, masks, seconds: float, args) -> Dict[str, float]:
     """Localisation against ``masks (N, H, W)``, faithfulness and time of one method's ``maps``."""
     from ..metrics import energy_pointing_game, pointing_game
 
@@ -108,8 +108,8 @@ def _shapes_image_side(clip: "LoadedCLIP", items: List[dict], pixels: "Tensor", 
     sim = clip.image_similarity(*clip.tokens(all_prompts()))
     results, examples = {}, {}
     for name, fn in select(image_methods(clip, sim), args.methods).items():
-        maps, seconds = _explain_in_batches(fn, pixels, targets, args.batch)
-        r = results[name] = _score_shapes(sim, pixels, maps, targets, masks, seconds, args)
+        maps, seconds = explain_in_batches(fn, pixels, targets, args.batch)
+        r = results[name] = score_shapes(sim, pixels, maps, targets, masks, seconds, args)
         examples[name] = maps[: args.examples]
         print(f"  {name:52s} {seconds:6.1f}s  pointing {r[POINTING.key]:.3f} (strict {r[POINTING_STRICT.key]:.3f})  "
               f"deletion {r[DELETION.key]:.4f}  insertion {r[INSERTION.key]:.4f}", flush=True)
