@@ -32,6 +32,7 @@ import torch
 
 from captum_gradeclip import ImageGradECLIP
 from captum_gradeclip.benchmark import report as R
+from captum_gradeclip.benchmark.config import FaithfulnessConfig
 from captum_gradeclip.benchmark.protocols import explain_in_batches, score_shapes, shapes_items
 from captum_gradeclip.metrics import mask_iou
 from captum_gradeclip.models import load_shapes
@@ -65,8 +66,7 @@ def score(clip, sim, items: List[dict], cfg: dict, step: float, batch: int = 16)
     masks = torch.stack([it["mask"] for it in items])
     g = ImageGradECLIP(sim, clip.image_layers[-cfg["last"]:], spatial=cfg["spatial"], single_head=cfg["single_head"])
     maps, seconds = explain_in_batches(lambda x, t: g.attribute(x, target=t), pixels, targets, batch)
-    scores = score_shapes(sim, pixels, maps, targets, masks, seconds,
-                          argparse.Namespace(step=step, replacement="noise"))
+    scores = score_shapes(sim, pixels, maps, targets, masks, seconds, FaithfulnessConfig(step=step, replacement="noise"))
     return {**scores, MIOU.key: mask_iou(maps, masks).mean().item()}
 
 
