@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .config import FaithfulnessConfig, FolderConfig
-from .report import FAITHFULNESS, MS_PER_EXPLANATION
+from .methods import method_name
+from .report import FAITHFULNESS, MS_PER_EXPLANATION, Score
 
 #: Images per shard of the folder protocol.
 SHARD_SIZE = 64
@@ -81,8 +82,8 @@ class FaithfulnessExplainer:
         return pa.Table.from_pydict(cols, schema=pa.schema(fields))
 
 
-def aggregate(out: Path) -> Dict[str, Dict[str, float]]:
-    """method -> the mean of each AUC over the images (in the work list's order) and the mean
+def aggregate(out: Path) -> List[Score]:
+    """Each method's mean of each AUC over the images (in the work list's order) and its mean
     explanation time in ms: what one process computing every image would report."""
     import pyarrow.parquet as pq
 
@@ -94,7 +95,8 @@ def aggregate(out: Path) -> Dict[str, Dict[str, float]]:
             for m in FAITHFULNESS:
                 per[m.key].append(t[m.key][j])
             per[MS_PER_EXPLANATION.key].append(1000 * t["seconds"][j])
-    return {name: {k: sum(v) / len(v) for k, v in per.items()} for name, per in sums.items()}
+    metrics = FAITHFULNESS + (MS_PER_EXPLANATION,)
+    return [Score(method_name(name), m, sum(per[m.key]) / len(per[m.key])) for name, per in sums.items() for m in metrics]
 
 
 def folder_inputs(cfg: FolderConfig) -> Tuple[List[str], List[Path]]:
@@ -166,7 +168,7 @@ def run_folder(cfg: FolderConfig) -> Optional[dict]:
     if summary["pairs"] == 0:
         raise CLIError(f"none of the {len(files)} images in {cfg.images} could be read or explained")
     return dict(protocol="folder", images=len(files) - len(skipped), skipped=skipped, prompts=len(prompts),
-                step=cfg.faithfulness.step, replacement=cfg.faithfulness.replacement, image=aggregate(out), text={},
+                step=cfg.faithfulness.step, replacement=cfg.faithfulness.replacement, image=aggregate(out), text=[],
                 world_size=ranks.world, curves=str(out))
 
 

@@ -6,8 +6,8 @@
   image explained for the prompt the model ranks first) lives in :mod:`.folder`, on the dataset
   engine, with the same deletion / insertion scoring as :func:`faithfulness`, per image.
 
-Both return ``{"protocol": ..., "image": {method: {metric key: value}}, "text": {...}, ...}``
-with the metric keys of :mod:`.report`.
+Both return ``{"protocol": ..., "image": [Score, ...], "text": [Score, ...], ...}`` with the
+typed records of :mod:`.report`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from .report import (
     POINTING_STRICT,
     WORD_DELETION,
     WORD_DELETION_NORMALISED,
+    Metric,
+    Score,
+    scores,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def faithfulness(sim: "nn.Module", pixels: "Tensor", maps: "Tensor", targets: "Tensor",
-                 cfg: FaithfulnessConfig) -> Dict[str, "Tensor"]:
+                 cfg: FaithfulnessConfig) -> Dict[Metric, "Tensor"]:
     """Deletion and insertion AUCs (of the score and of zero-shot accuracy) of ``maps``.
 
     Args:
@@ -49,15 +52,14 @@ def faithfulness(sim: "nn.Module", pixels: "Tensor", maps: "Tensor", targets: "T
         targets: ``(N,)``. cfg: the step and replacement.
 
     Returns:
-        metric key of :data:`~.report.FAITHFULNESS` -> ``(N,)``.
+        each metric of :data:`~.report.FAITHFULNESS` -> ``(N,)``.
     """
     from ..metrics import deletion, insertion
 
     kw = dict(step=cfg.step, replacement=cfg.replacement, accuracy=True)
     d = deletion(sim, pixels, maps, targets, **kw)
     i = insertion(sim, pixels, maps, targets, **kw)
-    return {DELETION.key: d.auc, INSERTION.key: i.auc, DELETION_ACC.key: d.accuracy_auc,
-            INSERTION_ACC.key: i.accuracy_auc}
+    return {DELETION: d.auc, INSERTION: i.auc, DELETION_ACC: d.accuracy_auc, INSERTION_ACC: i.accuracy_auc}
 
 
 # ---- ShapesCLIP --------------------------------------------------------------------------------
@@ -87,34 +89,36 @@ def explain_in_batches(fn: "ImageMethod", pixels: "Tensor", targets: "Tensor", b
 
 
 def score_shapes(sim: "nn.Module", pixels: "Tensor", maps: "Tensor", targets: "Tensor", masks: "Tensor",
-                 seconds: float, cfg: FaithfulnessConfig) -> Dict[str, float]:
+                 seconds: float, cfg: FaithfulnessConfig) -> Dict[Metric, float]:
     """Localisation against ``masks (N, H, W)``, faithfulness (``cfg``) and time of one method's
     ``maps (N, 1, h, w)`` of ``pixels (N, 3, H, W)`` for ``targets (N,)``."""
     from ..metrics import energy_pointing_game, pointing_game
 
     faith = faithfulness(sim, pixels, maps, targets, cfg)
-    return {POINTING.key: pointing_game(maps, masks).float().mean().item(),
-            POINTING_STRICT.key: pointing_game(maps, masks, tolerance=0).float().mean().item(),
-            ENERGY_POINTING.key: energy_pointing_game(maps, masks).mean().item(),
-            **{m.key: faith[m.key].mean().item() for m in FAITHFULNESS},
-            MS_PER_EXPLANATION.key: 1000 * seconds / len(pixels)}
+    return {POINTING: pointing_game(maps, masks).float().mean().item(),
+            POINTING_STRICT: pointing_game(maps, masks, tolerance=0).float().mean().item(),
+            ENERGY_POINTING: energy_pointing_game(maps, masks).mean().item(),
+            **{m: faith[m].mean().item() for m in FAITHFULNESS},
+            MS_PER_EXPLANATION: 1000 * seconds / len(pixels)}
 
 
-def _shapes_image_side(clip: "LoadedCLIP", items: List[dict], pixels: "Tensor", cfg: ShapesConfig) -> Tuple[dict, dict]:
-    """``(results, example maps)``: every image method on every item, for its own prompt among all
+def _shapes_image_side(clip: "LoadedCLIP", items: List[dict], pixels: "Tensor", cfg: ShapesConfig) -> Tuple[List[Score], dict]:
+    """``(scores, example maps)``: every image method on every item, for its own prompt among all
     single-object prompts."""
     from ..shapes import all_prompts
 
     targets = torch.tensor([it["target"] for it in items])
     masks = torch.stack([it["mask"] for it in items])
     sim = clip.image_similarity(*clip.tokens(all_prompts()))
-    results, examples = {}, {}
+    results: List[Score] = []
+    examples = {}
     for name, fn in select(image_methods(clip, sim), cfg.methods).items():
         maps, seconds = explain_in_batches(fn, pixels, targets, cfg.batch)
-        r = results[name] = score_shapes(sim, pixels, maps, targets, masks, seconds, cfg.faithfulness)
+        r = score_shapes(sim, pixels, maps, targets, masks, seconds, cfg.faithfulness)
+        results += scores(name, r)
         examples[name] = maps[: cfg.examples]
-        print(f"  {name:52s} {seconds:6.1f}s  pointing {r[POINTING.key]:.3f} (strict {r[POINTING_STRICT.key]:.3f})  "
-              f"deletion {r[DELETION.key]:.4f}  insertion {r[INSERTION.key]:.4f}", flush=True)
+        print(f"  {name:52s} {seconds:6.1f}s  pointing {r[POINTING]:.3f} (strict {r[POINTING_STRICT]:.3f})  "
+              f"deletion {r[DELETION]:.4f}  insertion {r[INSERTION]:.4f}", flush=True)
     return results, examples
 
 
@@ -129,7 +133,7 @@ def _captions(items: List[dict], pixels: "Tensor") -> Tuple[List[str], List["Ten
     return caps, imgs
 
 
-def _shapes_text_side(clip: "LoadedCLIP", caps: List[str], imgs: List["Tensor"], cfg: ShapesConfig) -> dict:
+def _shapes_text_side(clip: "LoadedCLIP", caps: List[str], imgs: List["Tensor"], cfg: ShapesConfig) -> List[Score]:
     """Word deletion of every text method on each caption, explained against its own image."""
     from ..metrics import word_deletion
 
@@ -139,15 +143,15 @@ def _shapes_text_side(clip: "LoadedCLIP", caps: List[str], imgs: List["Tensor"],
     words = (pos > 0) & (pos < tsim.eos_positions(ids)[:, None])
     repl = clip.tokenizer.convert_tokens_to_ids(cfg.word_replacement)
     tgt = torch.arange(len(caps))
-    results = {}
+    results: List[Score] = []
     for name, fn in text_methods(clip, tsim).items():
         t0 = time.perf_counter()
         attr = torch.cat([fn(ids[i:i + 1], int(tgt[i]), am[i:i + 1]).detach().float() for i in range(len(caps))])
         elapsed = time.perf_counter() - t0
         wd = word_deletion(tsim, ids, attr, tgt, replacement_id=repl, words=words, additional_forward_args=(am,))
-        results[name] = {WORD_DELETION.key: wd.auc.mean().item(),
-                         WORD_DELETION_NORMALISED.key: wd.normalized_auc.mean().item(),
-                         MS_PER_EXPLANATION.key: 1000 * elapsed / len(caps)}
+        results += scores(name, {WORD_DELETION: wd.auc.mean().item(),
+                                 WORD_DELETION_NORMALISED: wd.normalized_auc.mean().item(),
+                                 MS_PER_EXPLANATION: 1000 * elapsed / len(caps)})
     return results
 
 
@@ -170,7 +174,7 @@ def run_shapes(cfg: ShapesConfig) -> dict:
     pixels = clip.pixels([it["image"] for it in items])
     results, examples = _shapes_image_side(clip, items, pixels, cfg)
     caps, imgs = _captions(items, pixels)
-    text_results = _shapes_text_side(clip, caps, imgs, cfg) if caps else {}
+    text_results = _shapes_text_side(clip, caps, imgs, cfg) if caps else []
     return dict(protocol="shapes", scenes=cfg.n, items=len(items), captions=len(caps), step=cfg.faithfulness.step,
                 replacement=cfg.faithfulness.replacement, image=results, text=text_results,
                 _examples=dict(maps=examples, image=items[0]["image"], prompt=items[0]["prompt"],
