@@ -34,6 +34,7 @@ from ..adapters import AttentionAdapter, Capture, find_adapter
 from . import fastpath
 from .block_tail import BlockTail
 from .layout import LayerTokens, TokenLayout
+from .single_head import single_head_hooks
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module]]
 
@@ -310,7 +311,9 @@ class AttentionLayerAttribution(LayerAttribution, GradientAttribution):
         handles = []
         try:
             for adapter, cap in zip(self._adapters, captures):
-                handles += adapter.attach(cap, single_head=self.single_head)
+                handles += adapter.attach(cap)
+                if self.single_head:
+                    handles += single_head_hooks(adapter, cap)
             if self._tail is not None:
                 handles += self._tail.attach(captures[0])
             with torch.enable_grad() if need_graph else torch.no_grad(), fastpath.mha_fast_path_off():
