@@ -41,6 +41,10 @@ LayerSpec = Union[nn.Module, Sequence[nn.Module]]
 #: Held while an explained forward runs with hooks on: hooks live on the (shared) model's modules
 #: and PyTorch's MHA fast-path switch is process-wide, so explained forwards of different threads
 #: take turns (the backward passes and the maps, which use per-call state only, run in parallel).
+#: A throughput limit: one process runs ONE explained forward at a time, whatever the explainer
+#: or model, so threads gain only on the backward and the maps (``benchmarks/forward_lock.py``
+#: measures it; ARCHITECTURE.md has the numbers). Parallel throughput comes from processes: the
+#: dataset engine's torchrun ranks.
 _HOOKED_FORWARD = threading.RLock()
 
 
@@ -190,6 +194,11 @@ class AttentionLayerAttribution(LayerAttribution, GradientAttribution):
         self.layout = layout
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
+
+    @property
+    def attention_modules(self) -> List[nn.Module]:
+        """The explained attention modules, one per layer (first to last): what the adapters hook."""
+        return [a.module for a in self._adapters]
 
     # ---- Captum's attribution protocol -------------------------------------------------------
     def has_convergence_delta(self) -> bool:
