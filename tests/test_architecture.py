@@ -270,3 +270,41 @@ def test_single_head_is_the_cores_one_hook(make, out):
         from captum_gradeclip.adapters import _REGISTRY
 
         _REGISTRY.remove(_ToyAdapter)
+
+
+def test_two_threads_on_one_explainer_get_their_own_maps(sim, pixels):
+    """The explained-forward lock: threads sharing one explainer (and its model's modules) never mix
+    their captures; benchmarks/forward_lock.py measures what it costs (and puts the lock back)."""
+    import importlib.util
+    import pathlib
+    import threading
+
+    from captum_gradeclip._core import base
+
+    model, s = sim
+    g = ImageGradECLIP(s, model.vision_model.encoder.layers[-1])
+    want = [g.attribute(pixels * (1 + i), target=i % 2) for i in range(4)]
+    got = [None] * 4
+
+    def work(i):
+        got[i] = g.attribute(pixels * (1 + i), target=i % 2)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    assert hook_count(model) == 0
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "forward_lock.py"
+    spec = importlib.util.spec_from_file_location("forward_lock", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lock, threads_before = base._HOOKED_FORWARD, torch.get_num_threads()
+    try:
+        rows = bench.cells(quick=True, calls=2, texts=2)
+    finally:
+        torch.set_num_threads(threads_before)
+    assert [r["cell"] for r in rows][0] == "1 thread" and all(r["seconds"] > 0 for r in rows)
+    assert base._HOOKED_FORWARD is lock
