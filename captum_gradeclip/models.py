@@ -336,12 +336,6 @@ def unregister_family(prefix: str) -> None:
     _FAMILIES.pop(prefix, None)
 
 
-def _registered_family(model: str) -> Optional[Callable[[], LoadedCLIP]]:
-    prefix, sep, spec = model.partition(":")
-    loader = _FAMILIES.get(prefix) if sep else None
-    return None if loader is None else (lambda: loader(spec))
-
-
 def load(model: Optional[str] = None, open_clip: Optional[str] = None) -> LoadedCLIP:
     """The CLIP the command line's ``--model`` / ``--open-clip`` flags name: open_clip's
     ``ARCH[:PRETRAINED]``, else a registered family's ``PREFIX:SPEC`` (:func:`register_family`),
@@ -356,5 +350,7 @@ def load(model: Optional[str] = None, open_clip: Optional[str] = None) -> Loaded
         return load_open_clip(open_clip)
     if model is None:
         return load_shapes()
-    registered = _registered_family(model)
-    return registered() if registered is not None else load_hf(model)
+    prefix, sep, spec = model.partition(":")
+    if sep and prefix in _FAMILIES:
+        return _FAMILIES[prefix](spec)
+    return load_hf(model)
