@@ -17,8 +17,9 @@ Cells (each ``--calls`` ``attribute_all`` calls in all, torch on one thread per 
 - ``2 threads, 2 models, no lock``: the same with the lock replaced by a no-op, which is safe
   only here (separate modules, no ``nn.MultiheadAttention``): what the lock costs.
 
-Prints one line per cell (seconds, calls per second, speed-up over 1 thread) and, with ``--json``,
-writes them. On a machine with fewer free cores than threads no cell can speed up.
+Prints one line per cell (seconds, calls per second, speed-up over 1 thread; for 1 thread, the
+share of its time spent inside the lock, which bounds what threads can gain: 2 threads at most
+``1 / max(share, 1/2)``) and, with ``--json``, writes them. On a machine with fewer free cores than threads no cell can speed up.
 """
 
 from __future__ import annotations
@@ -58,6 +59,21 @@ def _explainer(model, ids):
     return ImageGradECLIP(ImageTextSimilarity(model, input_ids=ids), model.vision_model.encoder.layers[-1])
 
 
+class _TimedLock:
+    """The lock, counting the seconds it is held (calls are not nested here)."""
+
+    def __init__(self, lock) -> None:
+        self.lock, self.held = lock, 0.0
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.held += time.perf_counter() - self.t0
+        self.lock.release()
+
+
 def timed(workers: List[Callable[[], None]]) -> float:
     """Seconds until every worker (one thread each) has returned."""
     threads = [threading.Thread(target=w) for w in workers]
@@ -82,11 +98,18 @@ def cells(quick: bool, calls: int, texts: int) -> List[dict]:
     half = calls // 2
     out = [("1 thread", [loop(a, 2 * half)]), ("2 threads, one explainer", [loop(a, half), loop(a, half)]),
            ("2 threads, 2 models", [loop(a, half), loop(b, half)])]
-    rows = [dict(cell=name, seconds=timed(w)) for name, w in out]
-    lock, base._HOOKED_FORWARD = base._HOOKED_FORWARD, contextlib.nullcontext()
+    lock = base._HOOKED_FORWARD
+    counting = base._HOOKED_FORWARD = _TimedLock(lock)
+    try:
+        rows = [dict(cell=name, seconds=timed(w)) for name, w in out[:1]]
+    finally:
+        base._HOOKED_FORWARD = lock
+    rows[0]["locked_share"] = counting.held / rows[0]["seconds"]  # of one thread's time: inside the lock
+    rows += [dict(cell=name, seconds=timed(w)) for name, w in out[1:]]
     mha = getattr(torch.backends, "mha", None)
     fast = mha.get_fastpath_enabled() if mha is not None else None
     try:  # unlocked, the threads' saves and restores of the MHA switch may interleave: restored below
+        base._HOOKED_FORWARD = contextlib.nullcontext()
         rows.append(dict(cell="2 threads, 2 models, no lock", seconds=timed([loop(a, half), loop(b, half)])))
     finally:
         base._HOOKED_FORWARD = lock
@@ -106,7 +129,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     rows = cells(args.quick, args.calls, args.texts)
     for r in rows:
-        print(f"{r['cell']:32s} {r['seconds']:7.2f} s  {r['per_second']:6.2f} calls/s  x{r['speedup']:.2f}")
+        share = f"  ({100 * r['locked_share']:.0f} % of the time inside the lock)" if "locked_share" in r else ""
+        print(f"{r['cell']:32s} {r['seconds']:7.2f} s  {r['per_second']:6.2f} calls/s  x{r['speedup']:.2f}{share}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
