@@ -8,16 +8,12 @@ import argparse
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
     """Register ``analyze`` and its three studies on the top-level subparsers ``sub``."""
+    from .attributes_cli import add_parser as add_attributes
     from .concreteness_cli import add_parser as add_concreteness
     from .decomposition_cli import add_parser as add_decomposition
 
     a = sub.add_parser("analyze", help="the paper's analyses of CLIP: decomposition, attributes, concreteness")
     asub = a.add_subparsers(dest="study", required=True)
     add_decomposition(asub)
-    try:  # TODO(while study 2 is being written): the final code imports it plainly
-        from .attributes_cli import add_parser as add_attributes
-    except ImportError:
-        add_attributes = None
-    if add_attributes is not None:
-        add_attributes(asub)
+    add_attributes(asub)
     add_concreteness(asub)

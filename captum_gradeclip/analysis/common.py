@@ -17,7 +17,12 @@ from .._io import CLIError
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedCLIP
 
-__all__ = ["PairLine", "add_model_args", "load_clip", "read_pairs", "write_rows", "write_summary"]
+__all__ = ["AnalysisError", "PairLine", "SceneDataset", "is_main_process", "job_errors", "run_maps_job", "add_model_args", "load_clip", "read_pairs", "write_rows", "write_summary"]
+
+
+class AnalysisError(CLIError):
+    """Input an analysis cannot use (a bad pairs line, a phrase not in its caption, no rated word
+    at all, a ``--maps`` job without the rows the study needs): one line on the command line."""
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -178,3 +183,58 @@ def write_summary(summary: Dict[str, Any], out_dir: Union[str, Path]) -> Path:
     path = out / "summary.json"
     path.write_text(json.dumps(_json_safe(summary), indent=2) + "\n", encoding="utf-8")
     return path
+
+
+class SceneDataset:
+    """ShapesCLIP scenes as a dataset for the engine: ``[i] -> (key "scene-SEED", pixels (3, H, W),
+    texts)``, rendered on the fly (no files) from ``seeds[i]`` with ``texts_of(scene)``."""
+
+    def __init__(self, clip: "LoadedCLIP", seeds: Sequence[int], texts_of: Any, n_objects: Any = None) -> None:
+        self.clip, self.seeds, self.texts_of, self.n_objects = clip, list(seeds), texts_of, n_objects
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def scene(self, i: int) -> Any:
+        """The :class:`~captum_gradeclip.shapes.Scene` of item ``i``."""
+        from ..shapes import render_scene
+
+        seed = self.seeds[i]
+        n = None if self.n_objects is None else self.n_objects(seed)
+        return render_scene(seed=seed) if n is None else render_scene(seed=seed, n_objects=n)
+
+    def __getitem__(self, i: int) -> Tuple[str, Any, List[str]]:
+        sc = self.scene(i)
+        return f"scene-{self.seeds[i]}", self.clip.pixels([sc.image])[0], list(self.texts_of(sc))
+
+
+def is_main_process() -> bool:
+    """Whether this is rank 0 of a torchrun job (or the only process)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def run_maps_job(dataset: Any, clip: "LoadedCLIP", out: Union[str, Path], *, batch_size: int,
+                 config: Dict[str, Any], progress: bool = False) -> Path:
+    """Explain ``dataset`` (``[i] -> (key, pixels (3, H, W), texts)``) with the dataset engine into
+    ``out`` (an ``explain-dataset --text-maps`` job: image maps, scores and word maps of every
+    (image, text), one ``attribute_all`` and one text backward per batch; sharded over torchrun's
+    ranks, resumed when run again). Returns ``out``.
+
+    Raises:
+        ScaleError: ``out`` holds another job, or cannot be written.
+    """
+    from ..scale import CLIPExplainer, explain_dataset
+
+    explain_dataset(dataset, CLIPExplainer(clip, text_maps=True), out, config=config, batch_size=batch_size,
+                    shard_size=max(batch_size, 64), num_workers=0, progress=progress)
+    return Path(out)
+
+
+def job_errors(maps_dir: Union[str, Path]) -> List[Dict[str, Any]]:
+    """The error rows of an engine job (``errors/*.jsonl``): ``{"image", "error"[, "text"]}``."""
+    out: List[Dict[str, Any]] = []
+    for f in sorted(Path(maps_dir).glob("errors/*.jsonl")):
+        out += [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return out

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor
 
 Values = Union[Sequence[float], Tensor]
 
-__all__ = ["Interval", "bootstrap_ci", "partial_correlation", "pearson", "ranks", "spearman"]
+__all__ = ["Interval", "bootstrap_ci", "bootstrap_stat", "partial_correlation", "pearson", "ranks", "spearman"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,38 @@ def bootstrap_ci(values: Values, *, n_boot: int = 1000, level: float = 0.95, see
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     low, high = torch.quantile(means, q).tolist()
     return Interval(float(v.mean()), float(low), float(high))
+
+
+def bootstrap_stat(fn: Callable[..., float], *columns: Values, n_boot: int = 1000, level: float = 0.95,
+                   seed: int = 0) -> Interval:
+    """A statistic of paired samples with a percentile bootstrap interval: ``fn(*columns)`` on the
+    data (the interval's ``mean`` field), and the ``(1 - level) / 2``, ``(1 + level) / 2``
+    quantiles of ``fn`` over ``n_boot`` resamples of the ``n`` rows (all columns resampled
+    together, a fixed ``seed``). Resamples where ``fn`` is NaN (e.g. a correlation of a constant
+    resample) are left out; if all are, the interval is NaN.
+
+    Args:
+        fn: e.g. :func:`spearman`. columns: 1-D, each ``(n,)``.
+
+    Raises:
+        ValueError: no column, empty input, NaN, different lengths, or a bad ``n_boot`` / ``level``.
+    """
+    if not columns:
+        raise ValueError("give at least one column")
+    cols = [_vector(c, f"column {i}") for i, c in enumerate(columns)]
+    if len({c.numel() for c in cols}) != 1:
+        raise ValueError(f"columns must have the same length, got {[c.numel() for c in cols]}")
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got n_boot={n_boot}, level={level}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, cols[0].numel(), (n_boot, cols[0].numel()), generator=g)
+    values = torch.tensor([fn(*(c[i] for c in cols)) for i in idx], dtype=torch.float64)
+    values = values[~torch.isnan(values)]
+    if values.numel() == 0:
+        return Interval(float(fn(*cols)), math.nan, math.nan)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    low, high = torch.quantile(values, q).tolist()
+    return Interval(float(fn(*cols)), float(low), float(high))
 
 
 def pearson(x: Values, y: Values) -> float:
