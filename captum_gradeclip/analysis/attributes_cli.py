@@ -12,13 +12,66 @@ GAME, with 95% bootstrap intervals; binding's energy shares; absent prompts' con
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
+from typing import List, Tuple
 
 from .._io import CLIError
 from .common import add_model_args
 
 
+def _suite(args: argparse.Namespace, clip) -> Tuple[list, list, dict, str]:
+    """``(scenes, error rows, not-expressible categories, description)`` of the probe suite."""
+    from .._io import open_image
+    from . import attributes as A
+    from .probes import load_probes, read_probes
+
+    if args.pairs:
+        lines = read_probes(args.pairs, args.images)
+        scenes, errors = load_probes(lines, lambda im: clip.pixels([im])[0], open_image)
+        return scenes, errors, {}, f"probe file {args.pairs} ({len(lines)} probes)"
+    if args.scenes < 1:
+        raise CLIError(f"--scenes must be >= 1, got {args.scenes}")
+    try:
+        scenes = A.shapes_suite(clip, args.scenes)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return scenes, [], dict(A.NOT_EXPRESSIBLE), (
+        f"ShapesCLIP suite: {args.scenes} three-object scenes (seeds {A.ATTRIBUTES_SEED_START}...) and "
+        f"{args.scenes} two-object binding scenes (seeds {A.BINDING_SEED_START}...)")
+
+
 def cmd_attributes(args: argparse.Namespace) -> None:
-    raise CLIError("analyze attributes: being written")
+    import torch
+
+    from . import attributes as A
+    from .attributes_figure import attributes_figure
+    from .common import load_clip, write_rows, write_summary
+
+    if args.maps:
+        raise CLIError("analyze attributes explains each probe's prompt and distractor itself (one attribute_all "
+                       "call per image); --maps is not supported by this study: drop it")
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    clip = load_clip(args)
+    scenes, errors, not_expr, what = _suite(args, clip)
+    with torch.enable_grad():
+        rows, maps = A.measure(clip, scenes)
+    rows: List[A.ProbeRow] = rows + errors
+    summary = A.summarize(rows, not_expressible=not_expr)
+    summary.update(suite=what, seconds=round(time.perf_counter() - t0, 1),
+                   methods={"grad_eclip": "ImageGradECLIP, the image tower's last attention layer",
+                            "game": "GAME (Chefer et al.), all image attention layers"})
+    written = [write_rows([r.flat() for r in rows], out), write_summary(summary, out)]
+    table = A.markdown_table(summary)
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    fig = attributes_figure(scenes, maps, rows, summary, examples=args.examples)
+    fig.savefig(out / "attributes.png", dpi=110, bbox_inches="tight")
+    written += [out / "table.md", out / "attributes.png"]
+    print(table)
+    if summary["n_errors"]:
+        print(f"{summary['n_errors']} of {summary['n_probes']} probes could not be measured: see the \"error\" column")
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 def add_parser(asub: "argparse._SubParsersAction") -> None:
