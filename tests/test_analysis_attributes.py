@@ -269,3 +269,14 @@ def test_command_on_a_probe_file_reports_error_rows(tmp_path, capsys):
     assert s["n_errors"] == 1 and s["categories"]["object"]["n_errors"] == 1 and s["not_expressible"] == {}
     assert "1 of 3 probes could not be measured" in capsys.readouterr().out
     assert main(["analyze", "attributes", "--out", str(tmp_path / "o"), "--pairs", str(tmp_path / "nope.jsonl")]) == 2
+    # the same probes from a finished explain-dataset job on the command's job_pairs.jsonl: same Grad-ECLIP rows
+    job = tmp_path / "job"
+    assert main(["explain-dataset", "--images", str(tmp_path), "--pairs", str(tmp_path / "o" / "job_pairs.jsonl"),
+                 "--out", str(job), "--workers", "0", "--no-progress"]) == 0
+    assert main(["analyze", "attributes", "--out", str(tmp_path / "r"), "--pairs", str(f), "--maps", str(job)]) == 0
+    read = pq.read_table(tmp_path / "r" / "rows.parquet").to_pylist()
+    for a, b in zip(rows[:2], read[:2]):
+        assert b["game_pointing"] is None and a["grad_eclip_pointing"] == b["grad_eclip_pointing"]
+        assert b["score"] == pytest.approx(a["score"], abs=1e-5)  # float32 scores, batched by the engine
+        for k in ("grad_eclip_energy", "grad_eclip_concentration"):  # the job stores maps as float16 (2^-11
+            assert b[k] == pytest.approx(a[k], rel=2e-3)  # relative): a ratio of sums of them within ~2 x that

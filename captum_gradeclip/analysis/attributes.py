@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ATTRIBUTES_SEED_START", "BINDING_SEED_START", "CATEGORIES", "MEASURES", "METHODS", "NOT_EXPRESSIBLE", "Probe",
-    "ProbeRow", "SceneProbes", "concentration", "energy_shares", "explain_scene", "markdown_table", "measure",
+    "ProbeRow", "SceneProbes", "concentration", "energy_shares", "explain_scene", "from_job", "markdown_table", "measure",
     "score_probe", "shapes_suite", "summarize", "to_input_geometry",
 ]
 
@@ -248,13 +248,44 @@ def explain_scene(clip: "LoadedCLIP", scene: SceneProbes) -> Tuple[Dict[str, int
     return {t: i for i, t in enumerate(texts)}, scores, maps
 
 
-def measure(clip: "LoadedCLIP", scenes: Sequence[SceneProbes]) -> Tuple[List[ProbeRow], Dict[str, Dict[str, Tensor]]]:
-    """Rows of every probe of ``scenes``, and each scene's maps (scene key -> method ->
-    ``(T, h, w)``, with ``"texts"`` -> the text index) for the figure."""
+def from_job(scene: SceneProbes, job: Dict[Tuple[str, str], Dict[str, object]]) -> Tuple[Dict[str, int], Tensor, Dict[str, Tensor]]:
+    """A scene's texts read from a finished ``explain-dataset`` job instead of computed: Grad-ECLIP
+    maps and scores only (the job holds no GAME maps).
+
+    Args:
+        job: ``(image key, text) -> row`` with ``map (h, w)`` and ``score`` (e.g. from
+            :func:`captum_gradeclip.scale.read_maps`).
+
+    Returns:
+        as :func:`explain_scene`, ``maps`` holding ``"grad_eclip"`` only.
+
+    Raises:
+        KeyError: the job has no row for one of the scene's texts.
+    """
+    texts = list(dict.fromkeys(t for p in scene.probes for t in p.texts()))
+    missing = [t for t in texts if (scene.key, t) not in job]
+    if missing:
+        raise KeyError(f"the --maps job has no row for image {scene.key!r}, text {missing[0]!r}: run explain-dataset "
+                       "--pairs on this command's job_pairs.jsonl")
+    rows = [job[scene.key, t] for t in texts]
+    scores = torch.tensor([float(r["score"]) for r in rows])
+    return {t: i for i, t in enumerate(texts)}, scores, {"grad_eclip": torch.stack([r["map"] for r in rows])}
+
+
+def measure(clip: "LoadedCLIP", scenes: Sequence[SceneProbes],
+            job: Optional[Dict[Tuple[str, str], Dict[str, object]]] = None) -> Tuple[List[ProbeRow], Dict[str, Dict[str, object]]]:
+    """Rows of every probe of ``scenes`` (maps computed by :func:`explain_scene`, or read from
+    ``job`` by :func:`from_job`: a scene the job lacks gives error rows), and each scene's maps
+    (scene key -> method -> ``(T, h, w)``, and ``"index"`` -> text positions) for the figure."""
     rows: List[ProbeRow] = []
     kept: Dict[str, Dict[str, object]] = {}
     for sc in scenes:
-        index, scores, maps = explain_scene(clip, sc)
+        try:
+            index, scores, maps = explain_scene(clip, sc) if job is None else from_job(sc, job)
+        except KeyError as e:
+            rows.extend(ProbeRow(p.probe_id, p.image, p.category, p.prompt, p.distractor, error=e.args[0])
+                        for p in sc.probes)
+            continue
         rows.extend(score_probe(p, scores, maps, index) for p in sc.probes)
         kept[sc.key] = dict(maps, index=index)
     return rows, kept
@@ -388,10 +419,17 @@ def _method_summary(rows: Sequence[ProbeRow], m: str, binding: bool) -> Dict[str
     return out
 
 
+def _margin(rows: Sequence[ProbeRow], cat: str) -> Optional[Interval]:
+    """Mean score of the true prompt minus the false one's (for absent: the present distractor
+    minus the absent prompt)."""
+    sign = -1.0 if cat == "absent" else 1.0
+    return _interval([sign * (r.score - r.distractor_score) for r in rows if r.distractor_score is not None])
+
+
 def _category_summary(rows: Sequence[ProbeRow], cat: str) -> Dict[str, object]:
     ok = [r for r in rows if r.error is None]
     out: Dict[str, object] = {"n": len(rows), "n_errors": len(rows) - len(ok),
-                              "accuracy": _interval([r.correct for r in ok])}
+                              "accuracy": _interval([r.correct for r in ok]), "margin": _margin(ok, cat)}
     for m in METHODS:
         if any(m in r.maps for r in ok):
             out[m] = _method_summary([r for r in ok if m in r.maps], m, cat == "binding")
@@ -426,6 +464,7 @@ def summarize(rows: Sequence[ProbeRow], *, not_expressible: Optional[Dict[str, s
         ``{"categories": {category: {n, n_errors, accuracy, grad_eclip: {...}, game: {...}}},
         "not_expressible": {category: reason}, "absent_vs_present": {...}, "n_probes", "n_errors"}``.
         ``accuracy``: the share of probes whose true prompt scores above the false one;
+        ``margin``: the mean score difference (true minus false, cosine similarity);
         per method: pointing (standard pointing game), energy (energy pointing game), both also
         split by the model's verdict, concentration (max / mean), best_object_energy, and for
         binding the swapped prompt's energy shares. ``None`` where nothing is defined.

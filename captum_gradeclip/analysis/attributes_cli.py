@@ -21,13 +21,19 @@ from .common import add_model_args
 
 
 def _suite(args: argparse.Namespace, clip) -> Tuple[list, list, dict, str]:
-    """``(scenes, error rows, not-expressible categories, description)`` of the probe suite."""
+    """``(scenes, error rows, not-expressible categories, description)`` of the probe suite (for
+    a probe file, also ``--out/job_pairs.jsonl``: the texts a ``--maps`` job must hold)."""
+    import json
+
     from .._io import open_image
     from . import attributes as A
-    from .probes import load_probes, read_probes
+    from .probes import job_pairs, load_probes, read_probes
 
     if args.pairs:
         lines = read_probes(args.pairs, args.images)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "job_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in job_pairs(lines)),
+                                                         encoding="utf-8")
         scenes, errors = load_probes(lines, lambda im: clip.pixels([im])[0], open_image)
         return scenes, errors, {}, f"probe file {args.pairs} ({len(lines)} probes)"
     if args.scenes < 1:
@@ -41,6 +47,15 @@ def _suite(args: argparse.Namespace, clip) -> Tuple[list, list, dict, str]:
         f"{args.scenes} two-object binding scenes (seeds {A.BINDING_SEED_START}...)")
 
 
+def _read_job(maps: str) -> dict:
+    """``(image, text) -> row`` of a finished explain-dataset job (``map``, ``score``)."""
+    from ..scale import read_maps
+
+    if not list(Path(maps).glob("shard-*.parquet")):
+        raise CLIError(f"--maps {maps} holds no shard-*.parquet: give a finished explain-dataset job's --out folder")
+    return {(r["image"], r["text"]): r for r in read_maps(maps, columns=["image", "text", "score", "map"])}
+
+
 def cmd_attributes(args: argparse.Namespace) -> None:
     import torch
 
@@ -48,20 +63,23 @@ def cmd_attributes(args: argparse.Namespace) -> None:
     from .attributes_figure import attributes_figure
     from .common import load_clip, write_rows, write_summary
 
-    if args.maps:
-        raise CLIError("analyze attributes explains each probe's prompt and distractor itself (one attribute_all "
-                       "call per image); --maps is not supported by this study: drop it")
+    if args.maps and not args.pairs:
+        raise CLIError("--maps needs --pairs PROBES.jsonl (the generated ShapesCLIP suite is explained directly): "
+                       "give the probe file the job was run for, or drop --maps")
     out = Path(args.out)
     t0 = time.perf_counter()
     clip = load_clip(args)
     scenes, errors, not_expr, what = _suite(args, clip)
+    job = _read_job(args.maps) if args.maps else None
     with torch.enable_grad():
-        rows, maps = A.measure(clip, scenes)
+        rows, maps = A.measure(clip, scenes, job)
     rows: List[A.ProbeRow] = rows + errors
     summary = A.summarize(rows, not_expressible=not_expr)
-    summary.update(suite=what, seconds=round(time.perf_counter() - t0, 1),
-                   methods={"grad_eclip": "ImageGradECLIP, the image tower's last attention layer",
-                            "game": "GAME (Chefer et al.), all image attention layers"})
+    summary.update(suite=what, seconds=round(time.perf_counter() - t0, 1), maps=args.maps or "computed",
+                   methods={"grad_eclip": "ImageGradECLIP, the image tower's last attention layer"
+                            + (f" (read from the explain-dataset job {args.maps})" if args.maps else ""),
+                            "game": "not in an explain-dataset job" if args.maps
+                            else "GAME (Chefer et al.), all image attention layers"})
     written = [write_rows([r.flat() for r in rows], out), write_summary(summary, out)]
     table = A.markdown_table(summary)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")

@@ -106,6 +106,7 @@ def _bars(ax: "Axes", summary: Dict[str, object]) -> None:
             ax.text(0.02, yy - 0.2, _absent_note(summary), va="center", fontsize=7.5, color="#333333")
     ax.set_yticks(y)
     ax.set_yticklabels(cats)
+    ax.set_ylim(-0.75, len(cats) - 0.25)
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("share of probes (energy: mean share of the map)")
     ax.legend(fontsize=7, loc="lower right", framealpha=0.9)

@@ -34,7 +34,7 @@ from .attributes import CATEGORIES, Probe, ProbeRow, SceneProbes, to_input_geome
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-__all__ = ["ProbeLine", "load_probes", "read_probes", "region"]
+__all__ = ["ProbeDataError", "ProbeLine", "job_pairs", "load_probes", "read_probes", "region"]
 
 
 class ProbeDataError(ValueError):
@@ -193,7 +193,7 @@ def load_probes(lines: List[ProbeLine], pixels: Callable[["Image.Image"], Tensor
                 bad_images[key] = f"cannot read image {ln.image}: {' '.join(str(e).split())}"
                 errors.append(_error_row(ln, bad_images[key]))
                 continue
-            scenes[key] = SceneProbes(ln.image, pixels(im), [], im)
+            scenes[key] = SceneProbes(Path(ln.image).as_posix(), pixels(im), [], im)
         sc = scenes[key]
         try:
             m = region(ln, sc.image.size)
@@ -205,3 +205,12 @@ def load_probes(lines: List[ProbeLine], pixels: Callable[["Image.Image"], Tensor
             continue
         sc.probes.append(Probe(ln.probe_id, ln.image, ln.category, ln.prompt, ln.distractor, target))
     return [s for s in scenes.values() if s.probes], errors
+
+
+def job_pairs(lines: List[ProbeLine]) -> List[Dict[str, object]]:
+    """The ``explain-dataset --pairs`` lines that hold every text the probes need (prompt and
+    distractor per image), so that ``--maps JOB`` can read them: ``[{"image", "texts"}]``."""
+    texts: Dict[str, List[str]] = {}
+    for ln in lines:
+        texts.setdefault(Path(ln.image).as_posix(), []).extend([ln.prompt] + ([ln.distractor] if ln.distractor else []))
+    return [{"image": k, "texts": list(dict.fromkeys(v))} for k, v in texts.items()]
