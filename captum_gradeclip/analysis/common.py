@@ -216,11 +216,11 @@ def is_main_process() -> bool:
 
 
 def run_maps_job(dataset: Any, clip: "LoadedCLIP", out: Union[str, Path], *, batch_size: int,
-                 config: Dict[str, Any], progress: bool = False) -> Path:
+                 config: Dict[str, Any], shard_size: int = 64, progress: bool = False) -> Path:
     """Explain ``dataset`` (``[i] -> (key, pixels (3, H, W), texts)``) with the dataset engine into
     ``out`` (an ``explain-dataset --text-maps`` job: image maps, scores and word maps of every
     (image, text), one ``attribute_all`` and one text backward per batch; sharded over torchrun's
-    ranks, resumed when run again). Returns ``out``.
+    ranks, ``shard_size`` images per shard, resumed when run again). Returns ``out``.
 
     Raises:
         ScaleError: ``out`` holds another job, or cannot be written.
@@ -228,7 +228,7 @@ def run_maps_job(dataset: Any, clip: "LoadedCLIP", out: Union[str, Path], *, bat
     from ..scale import CLIPExplainer, explain_dataset
 
     explain_dataset(dataset, CLIPExplainer(clip, text_maps=True), out, config=config, batch_size=batch_size,
-                    shard_size=max(batch_size, 64), num_workers=0, progress=progress)
+                    shard_size=shard_size, num_workers=0, progress=progress)
     return Path(out)
 
 

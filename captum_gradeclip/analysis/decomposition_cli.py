@@ -45,14 +45,16 @@ def _scene_inputs(args: argparse.Namespace, clip) -> Tuple[Any, List[Any], Calla
     return data, specs, images.__getitem__, {"scenes": [seeds.start, seeds.stop - 1], "objects": "2 + seed % 3"}
 
 
-def _pair_inputs(args: argparse.Namespace, clip) -> Tuple[Any, List[Any], Callable, dict]:
-    from .._io import open_image
-    from ..scale import ImageFolderDataset, WorkItem
-    from .decomposition import PairSpec, check_phrases, job_texts
+def _pair_specs(args: argparse.Namespace) -> List[Any]:
+    """The pairs file's pairs, checked (one caption each, phrases that are parts of it).
 
-    lines = read_pairs(args.pairs, args.images)
+    Raises:
+        AnalysisError: a bad line, naming the file and line.
+    """
+    from .decomposition import PairSpec, check_phrases
+
     specs = []
-    for ln in lines:
+    for ln in read_pairs(args.pairs, args.images):
         if len(ln.texts) != 1:
             raise AnalysisError(f"{ln.where()}: give one caption in \"texts\" (and its \"phrases\"), got {len(ln.texts)} texts")
         try:
@@ -60,6 +62,14 @@ def _pair_inputs(args: argparse.Namespace, clip) -> Tuple[Any, List[Any], Callab
         except ValueError as e:
             raise AnalysisError(f"{ln.where()}: {e}") from None
         specs.append(PairSpec(ln.image, ln.texts[0], tuple(phrases)))
+    return specs
+
+
+def _pair_inputs(args: argparse.Namespace, clip, specs: List[Any]) -> Tuple[Any, List[Any], Callable, dict]:
+    from .._io import open_image
+    from ..scale import ImageFolderDataset, WorkItem
+    from .decomposition import job_texts
+
     root = Path(args.images) if args.images else Path(args.pairs).parent
     items = [WorkItem(sp.image, tuple(job_texts(sp.caption, sp.phrases))) for sp in specs]
     return ImageFolderDataset(root, items, clip.pixels), specs, lambda k: open_image(str(root / k)), {"pairs": str(args.pairs)}
@@ -67,13 +77,17 @@ def _pair_inputs(args: argparse.Namespace, clip) -> Tuple[Any, List[Any], Callab
 
 def cmd_decomposition(args: argparse.Namespace) -> None:
     """Compute (or read) the maps, then rows, summary and figure (rank 0)."""
+    if min(args.batch_size, args.shard_size, args.scenes) < 1:
+        raise CLIError(f"--batch-size, --shard-size and --scenes must be at least 1, got {args.batch_size}, "
+                       f"{args.shard_size} and {args.scenes}")
     from ..scale import read_maps
     from .decomposition import from_maps, job_texts, summarize
     from .figures import decomposition_figure
     from .words import bpe_tokens
 
+    specs = _pair_specs(args) if args.pairs else None  # a bad pairs file fails before the model loads
     clip = load_clip(args)
-    data, specs, image_of, inputs = (_pair_inputs if args.pairs else _scene_inputs)(args, clip)
+    data, specs, image_of, inputs = _pair_inputs(args, clip, specs) if args.pairs else _scene_inputs(args, clip)
     out = Path(args.out)
     if args.maps:
         maps = Path(args.maps)
@@ -81,7 +95,8 @@ def cmd_decomposition(args: argparse.Namespace) -> None:
             raise CLIError(f"--maps {maps} holds no shard-*.parquet: give a finished explain-dataset --text-maps job")
     else:
         config = {"study": "decomposition", "model": args.open_clip or args.model or "ShapesCLIP (shipped)", **inputs}
-        maps = run_maps_job(data, clip, out / "maps", batch_size=args.batch_size, config=config)
+        maps = run_maps_job(data, clip, out / "maps", batch_size=args.batch_size, shard_size=args.shard_size,
+                               config=config)
     if not is_main_process():
         return
     (out / "job_pairs.jsonl").write_text("".join(json.dumps({"image": sp.image, "texts": job_texts(sp.caption, sp.phrases)})
@@ -116,6 +131,7 @@ def add_parser(asub: "argparse._SubParsersAction") -> None:
     p = asub.add_parser("decomposition", help="a caption's image map against its phrases' maps and word weights")
     add_model_args(p)
     p.add_argument("--scenes", type=int, default=200, help="ShapesCLIP scenes without --pairs (default 200)")
+    p.add_argument("--shard-size", type=int, default=64, help="images per shard of the maps job (default 64)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
     p.add_argument("--figure-pairs", type=int, default=4, help="pairs shown in the figure (default 4)")
     p.set_defaults(func=cmd_decomposition)
