@@ -488,17 +488,22 @@ def _cell(iv: Optional[Interval], pct: bool = True) -> str:
     return f"{iv.mean:.2f} [{iv.low:.2f}, {iv.high:.2f}]"
 
 
+def _mean(iv: Optional[Interval]) -> str:
+    return "–" if iv is None else f"{iv.mean:.1f}"
+
+
 def markdown_table(summary: Dict[str, object]) -> str:
     """The summary's per-category numbers as a Markdown table (means, 95% intervals in brackets;
     "n/a" rows for categories the vocabulary cannot express, "–" where a number is undefined)."""
-    head = ("| category | probes | CLIP right | pointing Grad-ECLIP | pointing GAME | energy Grad-ECLIP | energy GAME |\n"
-            "|---|---|---|---|---|---|---|")
+    head = ("| category | probes | CLIP right | pointing Grad-ECLIP | pointing GAME | energy Grad-ECLIP | energy GAME "
+            "| map max/mean Grad-ECLIP, GAME |\n|---|---|---|---|---|---|---|---|")
     lines = [head]
     for cat, e in summary["categories"].items():
         ge, gm = e.get("grad_eclip", {}), e.get("game", {})
         n = f"{e['n']}" + (f" ({e['n_errors']} errors)" if e["n_errors"] else "")
         lines.append(f"| {cat} | {n} | {_cell(e['accuracy'])} | {_cell(ge.get('pointing'))} | {_cell(gm.get('pointing'))} "
-                     f"| {_cell(ge.get('energy'))} | {_cell(gm.get('energy'))} |")
+                     f"| {_cell(ge.get('energy'))} | {_cell(gm.get('energy'))} "
+                     f"| {_mean(ge.get('concentration'))}, {_mean(gm.get('concentration'))} |")
     for cat, why in summary.get("not_expressible", {}).items():
-        lines.append(f"| {cat} | {why} | n/a | n/a | n/a | n/a | n/a |")
+        lines.append(f"| {cat} | {why} | n/a | n/a | n/a | n/a | n/a | n/a |")
     return "\n".join(lines)

@@ -11,6 +11,8 @@ exclusive). ``category`` is one of :data:`~.attributes.CATEGORIES`; every catego
 ``absent`` needs a ``mask`` or a ``box``. ``distractor`` (optional) is the false prompt the true
 one should beat (for ``absent``: a prompt that *is* in the image). ``"texts": [prompt]`` is read
 as ``prompt``, so an ``explain-dataset`` pairs file with one text per line is a probe file.
+A ``binding`` probe from a file is scored like any other (verdict, pointing on its target); the
+energy shares on the colour- and shape-matching objects need the generated ShapesCLIP suite.
 
 Structural problems (not JSON, a field missing or of the wrong type, an unknown category) stop
 the command with one line naming file and line; problems of the data (an unreadable image or
