@@ -11,19 +11,37 @@ Shared: :mod:`.stats` (bootstrap intervals, correlations, plain torch), :mod:`.w
 tokens merged into words), :mod:`.common` (flags, pairs files, writing rows and summaries).
 """
 
-from .common import PairLine, add_model_args, load_clip, read_pairs, write_rows, write_summary
-from .stats import Interval, bootstrap_ci, partial_correlation, pearson, spearman
+from .common import AnalysisError, PairLine, add_model_args, load_clip, read_pairs, write_rows, write_summary
+from .concreteness import WordRow, WordStat, caption_rows, load_ratings, word_stats
+from .decomposition import DecompositionRow, PairSpec, decompose, phrase_weights
+from .stats import Interval, bootstrap_ci, bootstrap_stat, partial_correlation, pearson, spearman
+from .words import WordSpan, bpe_tokens, merge_words, word_values
 
 __all__ = [
+    "AnalysisError",
+    "DecompositionRow",
     "Interval",
     "PairLine",
+    "PairSpec",
+    "WordRow",
+    "WordSpan",
+    "WordStat",
     "add_model_args",
     "bootstrap_ci",
+    "bootstrap_stat",
+    "bpe_tokens",
+    "caption_rows",
+    "decompose",
     "load_clip",
+    "load_ratings",
+    "merge_words",
     "partial_correlation",
     "pearson",
+    "phrase_weights",
     "read_pairs",
     "spearman",
+    "word_stats",
+    "word_values",
     "write_rows",
     "write_summary",
 ]

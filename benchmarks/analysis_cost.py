@@ -1,0 +1,100 @@
+"""What an analysis costs per pair, relative to one ``explain-dataset`` row.
+
+    python benchmarks/analysis_cost.py                # ShapesCLIP, 64 held-out scenes
+    python benchmarks/analysis_cost.py --scenes 16    # quicker
+
+The scenes (seeds 790,000 ..., inside the concreteness study's held-out range, 2-4 objects) are
+saved as PNGs with pairs files, and each command runs in this process on the same files
+(``--batch-size 16``, 1 torch thread):
+
+- ``explain-dataset`` (the unit): ``--pairs`` with each scene's caption; one row = one (image,
+  caption) image map; ``explain-dataset --text-maps``: the same plus its word map;
+- ``analyze decomposition --pairs`` (caption, phrases): per pair, the caption, its P phrases and
+  the caption without each phrase are explained (1 + 2P texts, image and word maps, in the
+  engine's one ``attribute_all`` and one text backward per batch), then the statistics;
+- ``analyze concreteness --pairs`` (caption): the caption's maps, then words and statistics.
+
+Each command's wall time includes loading ShapesCLIP (measured separately and subtracted) and
+writing its outputs. Another engineer's study may add itself to ``STUDIES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+SEED0 = 790_000
+
+
+def make_inputs(root: Path, n: int) -> Dict[str, Path]:
+    """``n`` scenes as PNGs under ``root`` and the pairs files the commands read."""
+    from captum_gradeclip.shapes import render_scene
+
+    caps, dec = [], []
+    for i in range(n):
+        sc = render_scene(seed=SEED0 + i, n_objects=2 + i % 3)
+        sc.image.save(root / f"s{i}.png")
+        caps.append({"image": f"s{i}.png", "texts": [sc.caption()]})
+        dec.append({"image": f"s{i}.png", "texts": [sc.caption()], "phrases": sc.prompts})
+    files = {"captions": root / "captions.jsonl", "decomposition": root / "decomposition.jsonl"}
+    for key, lines in (("captions", caps), ("decomposition", dec)):
+        files[key].write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return files
+
+
+def timed(argv: List[str]) -> float:
+    from captum_gradeclip.cli import main
+
+    t0 = time.perf_counter()
+    code = main(argv)
+    if code != 0:
+        raise SystemExit(f"{' '.join(argv[:3])} failed with status {code}")
+    return time.perf_counter() - t0
+
+
+def _explain(files: Dict[str, Path], out: Path, text_maps: bool) -> float:
+    argv = ["explain-dataset", "--images", str(files["captions"].parent), "--pairs", str(files["captions"]),
+            "--out", str(out), "--workers", "0", "--no-progress"]
+    return timed(argv + (["--text-maps"] if text_maps else []))
+
+
+STUDIES: Dict[str, Callable[[Dict[str, Path], Path], float]] = {
+    "decomposition": lambda f, out: timed(["analyze", "decomposition", "--pairs", str(f["decomposition"]),
+                                           "--out", str(out)]),
+    "concreteness": lambda f, out: timed(["analyze", "concreteness", "--pairs", str(f["captions"]), "--min-count", "1",
+                                          "--out", str(out)]),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenes", type=int, default=64)
+    args = ap.parse_args()
+    import torch
+
+    from captum_gradeclip.models import load_shapes
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        files = make_inputs(root, args.scenes)
+        _explain(files, root / "warmup", False)  # imports and first-call costs out of the measurements
+        t0 = time.perf_counter()
+        load_shapes()
+        load = time.perf_counter() - t0
+        unit = (_explain(files, root / "plain", False) - load) / args.scenes
+        rows = [("explain-dataset (1 row per pair)", unit),
+                ("explain-dataset --text-maps", (_explain(files, root / "text", True) - load) / args.scenes)]
+        rows += [(f"analyze {name}", (fn(files, root / name) - load) / args.scenes) for name, fn in STUDIES.items()]
+    print(f"\nShapesCLIP, {args.scenes} scenes, model load {load:.2f} s subtracted\n")
+    print("| command | ms per pair | x one explain-dataset row |\n|---|---:|---:|")
+    for name, t in rows:
+        print(f"| {name} | {1000 * t:.1f} | {t / unit:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
