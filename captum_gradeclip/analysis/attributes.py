@@ -236,15 +236,15 @@ def explain_scene(clip: "LoadedCLIP", scene: SceneProbes) -> Tuple[Dict[str, int
     """
     from .. import ImageGradECLIP
     from ..baselines import GAME
+    from ..scale.explain import attribute_with_scores
 
     texts = list(dict.fromkeys(t for p in scene.probes for t in p.texts()))
     ids, mask = clip.tokens(texts)
     sim = clip.image_similarity(ids, mask)
     x = scene.pixels[None]
-    with torch.no_grad():
-        scores = sim(x)[0]
-    maps = {"grad_eclip": ImageGradECLIP(sim, clip.image_layers[-1]).attribute_all(x)[0],
-            "game": GAME(sim, clip.image_layers).attribute_all(x)[0]}
+    ge, scores = attribute_with_scores(ImageGradECLIP(sim, clip.image_layers[-1]), x)  # the explained forward's scores
+    maps = {"grad_eclip": ge[0], "game": GAME(sim, clip.image_layers).attribute_all(x)[0]}
+    scores = scores[0]
     return {t: i for i, t in enumerate(texts)}, scores, maps
 
 
