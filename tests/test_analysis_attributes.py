@@ -209,6 +209,7 @@ def test_rows_use_the_model_own_scores_and_metric_maps(clip):
     before = [(p.requires_grad) for p in clip.model.parameters()]
     rows, _ = A.measure(clip, [scene])
     assert [p.requires_grad for p in clip.model.parameters()] == before and not clip.model.training
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in clip.model.modules())
     probe = next(p for p in scene.probes if p.category == "colour+shape")
     row = next(r for r in rows if r.probe_id == probe.probe_id)
     ids, mask = clip.tokens([probe.prompt])

@@ -151,9 +151,6 @@ def attributes_figure(scenes: Sequence[SceneProbes], maps: Dict[str, Dict[str, o
                       summary: Dict[str, object], *, examples: int = 4) -> "Figure":
     """The study's figure. ``maps``: scene key -> method -> ``(T, h, w)`` maps and ``"index"``
     (as :func:`~.attributes.measure` returns them); ``rows``: the probes' rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     by_id = {r.probe_id: r for r in rows}
