@@ -228,7 +228,7 @@ def test_rows_use_the_model_own_scores_and_metric_maps(clip):
 
 
 def test_command_on_shapes_clip(tmp_path, capsys):
-    import pyarrow.parquet as pq
+    pq = pytest.importorskip("pyarrow.parquet")
 
     from captum_gradeclip.cli import main
 
@@ -243,10 +243,13 @@ def test_command_on_shapes_clip(tmp_path, capsys):
     assert set(s["not_expressible"]) == {"count", "size", "position"}
     assert (tmp_path / "attributes.png").stat().st_size > 10_000
     assert "| binding | 2 |" in capsys.readouterr().out
+    assert main(["analyze", "attributes", "--out", str(tmp_path), "--maps", str(tmp_path)]) == 2  # needs --pairs
+    assert main(["analyze", "attributes", "--out", str(tmp_path), "--scenes", "0"]) == 2
+    assert "--scenes and --examples must be >= 1" in capsys.readouterr().err
 
 
 def test_command_on_a_probe_file_reports_error_rows(tmp_path, capsys):
-    import pyarrow.parquet as pq
+    pq = pytest.importorskip("pyarrow.parquet")
 
     from captum_gradeclip.cli import main
     from captum_gradeclip.shapes import render_scene

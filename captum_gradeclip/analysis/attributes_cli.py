@@ -36,8 +36,6 @@ def _suite(args: argparse.Namespace, clip) -> Tuple[list, list, dict, str]:
                                                          encoding="utf-8")
         scenes, errors = load_probes(lines, lambda im: clip.pixels([im])[0], open_image)
         return scenes, errors, {}, f"probe file {args.pairs} ({len(lines)} probes)"
-    if args.scenes < 1:
-        raise CLIError(f"--scenes must be >= 1, got {args.scenes}")
     try:
         scenes = A.shapes_suite(clip, args.scenes)
     except ValueError as e:
@@ -53,6 +51,10 @@ def _read_job(maps: str) -> dict:
 
     if not list(Path(maps).glob("shard-*.parquet")):
         raise CLIError(f"--maps {maps} holds no shard-*.parquet: give a finished explain-dataset job's --out folder")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise CLIError("--maps reads Parquet, which needs pyarrow: pip install \"captum-gradeclip[analysis]\"") from None
     return {(r["image"], r["text"]): r for r in read_maps(maps, columns=["image", "text", "score", "map"])}
 
 
@@ -82,6 +84,8 @@ def cmd_attributes(args: argparse.Namespace) -> None:
     if args.maps and not args.pairs:
         raise CLIError("--maps needs --pairs PROBES.jsonl (the generated ShapesCLIP suite is explained directly): "
                        "give the probe file the job was run for, or drop --maps")
+    if args.scenes < 1 or args.examples < 1:
+        raise CLIError(f"--scenes and --examples must be >= 1, got {args.scenes} and {args.examples}")
     out = Path(args.out)
     t0 = time.perf_counter()
     clip = load_clip(args)
