@@ -65,6 +65,7 @@ def test_decompose_2x2_by_hand():
     assert row.drops == pytest.approx((0.2, 0.05)) and row.spearman_drop_weight == pytest.approx(1.0)
     assert row.pointing == (1.0, 0.0) and row.pointing_rate == 0.5  # q's map peaks at (1, 1), its object is (0, 1)
     assert row.energy_in_objects == pytest.approx(0.5)  # M's mass: half at (0, 0), half at (1, 1) (outside)
+    assert row.object_area == pytest.approx(0.5)  # the objects cover cells (0, 0) and (0, 1) of 4
     assert pearson(M.reshape(-1), (0.75 * Mp[0] + 0.25 * Mp[1]).reshape(-1)) == pytest.approx(row.r_weighted)
     one = decompose(image="i", caption="c", phrases=["p"], M=M, Mp=Mp[:1], weights=torch.tensor([1.0]),
                     score=0.5, deletion_scores=[0.3])

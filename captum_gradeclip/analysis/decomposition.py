@@ -57,7 +57,8 @@ class DecompositionRow:
         spearman_drop_weight: Spearman of ``drops`` and ``weights`` over the phrases.
         pointing: per phrase 1/0 (its map's maximum on its object), empty without masks.
         pointing_rate: their mean. energy_in_objects: share of ``M``'s positive energy in the
-            union of the phrases' objects.
+            union of the phrases' objects. object_area: the union's share of the image (what a
+            uniform map would put there).
     """
 
     image: str
@@ -74,6 +75,7 @@ class DecompositionRow:
     pointing: Tuple[float, ...] = ()
     pointing_rate: float = math.nan
     energy_in_objects: float = math.nan
+    object_area: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,9 @@ def top_iou(a: Tensor, b: Tensor, fraction: float = TOP_FRACTION) -> float:
     return len(ta & tb) / len(ta | tb)
 
 
-def _masks_numbers(M: Tensor, Mp: Tensor, masks: Tensor) -> Tuple[Tuple[float, ...], float, float]:
-    """Pointing per phrase (NaN for an object with no visible pixel), their mean, and the share of
-    ``M``'s positive energy in the union of the objects' masks ``(P, H, W)``."""
+def _masks_numbers(M: Tensor, Mp: Tensor, masks: Tensor) -> Tuple[Tuple[float, ...], float, float, float]:
+    """Pointing per phrase (NaN for an object with no visible pixel), their mean, the share of
+    ``M``'s positive energy in the union of the objects' masks ``(P, H, W)``, and the union's area share."""
     from ..metrics import energy_pointing_game, pointing_game
 
     hits = []
@@ -184,7 +186,7 @@ def _masks_numbers(M: Tensor, Mp: Tensor, masks: Tensor) -> Tuple[Tuple[float, .
     valid = [h for h in hits if not math.isnan(h)]
     union = masks.any(0)
     energy = float(energy_pointing_game(M[None, None].float(), union[None])[0]) if union.any() else math.nan
-    return tuple(hits), sum(valid) / len(valid) if valid else math.nan, energy
+    return tuple(hits), sum(valid) / len(valid) if valid else math.nan, energy, float(union.float().mean())
 
 
 def decompose(*, image: str, caption: str, phrases: Sequence[str], M: Tensor, Mp: Tensor, weights: Tensor,
@@ -201,17 +203,18 @@ def decompose(*, image: str, caption: str, phrases: Sequence[str], M: Tensor, Mp
     mean = Mp.double().mean(0)
     drops = tuple(float(score) - float(d) for d in deletion_scores)
     rho = spearman(drops, w) if len(drops) >= 2 else math.nan
-    pointing, rate, energy = _masks_numbers(M, Mp, masks) if masks is not None else ((), math.nan, math.nan)
+    none = ((), math.nan, math.nan, math.nan)
+    pointing, rate, energy, area = _masks_numbers(M, Mp, masks) if masks is not None else none
     return DecompositionRow(
         image=image, caption=caption, phrases=tuple(phrases), score=float(score), weights=tuple(w.tolist()),
         drops=drops, r_weighted=pearson(M.reshape(-1), combo.reshape(-1)),
         r_mean=pearson(M.reshape(-1), mean.reshape(-1)), iou_weighted=top_iou(M, combo), iou_mean=top_iou(M, mean),
-        spearman_drop_weight=rho, pointing=pointing, pointing_rate=rate, energy_in_objects=energy)
+        spearman_drop_weight=rho, pointing=pointing, pointing_rate=rate, energy_in_objects=energy, object_area=area)
 
 
 #: The per-pair numbers :func:`summarize` averages.
 SUMMARY_FIELDS = ("r_weighted", "r_mean", "iou_weighted", "iou_mean", "spearman_drop_weight", "pointing_rate",
-                  "energy_in_objects")
+                  "energy_in_objects", "object_area")
 
 
 def summarize(rows: Sequence[DecompositionRow], *, n_boot: int = 1000) -> Dict[str, Any]:

@@ -123,7 +123,7 @@ def _report(s: dict, out: Path) -> None:
     print(f"{out}: {s['pairs']} pairs, {s['errors']} errors; r(M, sum w_p M_p) {m('r_weighted')}, "
           f"r(M, mean M_p) {m('r_mean')}, IoU {m('iou_weighted')} / {m('iou_mean')}, "
           f"Spearman(drop, w_p) {m('spearman_drop_weight')}, pointing {m('pointing_rate')}, "
-          f"energy in objects {m('energy_in_objects')}", file=sys.stderr)
+          f"energy in objects {m('energy_in_objects')} (their area {m('object_area')})", file=sys.stderr)
 
 
 def add_parser(asub: "argparse._SubParsersAction") -> None:
