@@ -40,7 +40,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="the folder the pairs' image paths are relative to (default: the pairs file's folder)")
     parser.add_argument("--maps", default=None, metavar="DIR",
                         help="a finished explain-dataset job (its Parquet shards) to read instead of recomputing")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default %(default)s)")
 
 
 def load_clip(args: argparse.Namespace) -> "LoadedCLIP":

@@ -65,6 +65,7 @@ def cmd_concreteness(args: argparse.Namespace) -> None:
     (out / "errors.jsonl").write_text("".join(json.dumps(e) + "\n" for e in errors), encoding="utf-8")
     summary = summarize(rows, errors, min_count=args.min_count, n_boot=args.n_boot)
     summary["maps"] = str(maps)
+    summary["model"] = args.open_clip or args.model or "ShapesCLIP (shipped)"
     write_summary(summary, out)
     concreteness_figure(summary, out / "concreteness.png")
     _report(summary, out)
@@ -85,6 +86,9 @@ def add_parser(asub: "argparse._SubParsersAction") -> None:
     """Register ``concreteness`` on ``analyze``'s subparsers."""
     p = asub.add_parser("concreteness", help="a word's concreteness against its Grad-ECLIP word importance")
     add_model_args(p)
+    # one pair per batch: its texts are the columns of one attribute_all (with more, the columns are
+    # the union of the batch's texts and every image pays for all of them: benchmarks/analysis_cost.py)
+    p.set_defaults(batch_size=1)
     p.add_argument("--scenes", type=int, default=300, help="ShapesCLIP scenes without --pairs (default 300)")
     p.add_argument("--min-count", type=int, default=5, help="words seen fewer times are left out of the statistics")
     p.add_argument("--shard-size", type=int, default=64, help="images per shard of the maps job (default 64)")

@@ -108,7 +108,8 @@ def cmd_decomposition(args: argparse.Namespace) -> None:
         raise AnalysisError(f"no pair could be analysed ({len(errors)} errors, the first: {errors[0]['error'] if errors else '-'})")
     write_rows(rows, out)
     (out / "errors.jsonl").write_text("".join(json.dumps(e) + "\n" for e in errors), encoding="utf-8")
-    summary = {**summarize(rows, n_boot=args.n_boot), "errors": len(errors), "maps": str(maps), **inputs}
+    summary = {**summarize(rows, n_boot=args.n_boot), "errors": len(errors), "maps": str(maps), "inputs": inputs,
+               "model": args.open_clip or args.model or "ShapesCLIP (shipped)"}
     write_summary(summary, out)
     for ex in examples:
         ex["image"] = image_of(ex["image_key"])
@@ -130,6 +131,9 @@ def add_parser(asub: "argparse._SubParsersAction") -> None:
     """Register ``decomposition`` on ``analyze``'s subparsers."""
     p = asub.add_parser("decomposition", help="a caption's image map against its phrases' maps and word weights")
     add_model_args(p)
+    # one pair per batch: its texts are the columns of one attribute_all (with more, the columns are
+    # the union of the batch's texts and every image pays for all of them: benchmarks/analysis_cost.py)
+    p.set_defaults(batch_size=1)
     p.add_argument("--scenes", type=int, default=200, help="ShapesCLIP scenes without --pairs (default 200)")
     p.add_argument("--shard-size", type=int, default=64, help="images per shard of the maps job (default 64)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
