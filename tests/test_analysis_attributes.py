@@ -284,3 +284,10 @@ def test_command_on_a_probe_file_reports_error_rows(tmp_path, capsys):
         assert b["score"] == pytest.approx(a["score"], abs=1e-5)  # float32 scores, batched by the engine
         for k in ("grad_eclip_energy", "grad_eclip_concentration"):  # the job stores maps as float16 (2^-11
             assert b[k] == pytest.approx(a[k], rel=2e-3)  # relative): a ratio of sums of them within ~2 x that
+
+
+def test_measure_keeps_only_a_few_scenes_per_category_for_the_figure(clip):
+    suite = A.shapes_suite(clip, 2)  # 2 three-object scenes, then 2 binding scenes
+    rows, kept = A.measure(clip, iter(suite), keep=1)
+    assert len(rows) == 2 * 5 + 2
+    assert list(kept) == [suite[0].key, suite[2].key] and kept[suite[0].key]["scene"] is suite[0]

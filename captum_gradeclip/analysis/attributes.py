@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -272,13 +272,20 @@ def from_job(scene: SceneProbes, job: Dict[Tuple[str, str], Dict[str, object]]) 
     return {t: i for i, t in enumerate(texts)}, scores, {"grad_eclip": torch.stack([r["map"] for r in rows])}
 
 
-def measure(clip: "LoadedCLIP", scenes: Sequence[SceneProbes],
-            job: Optional[Dict[Tuple[str, str], Dict[str, object]]] = None) -> Tuple[List[ProbeRow], Dict[str, Dict[str, object]]]:
-    """Rows of every probe of ``scenes`` (maps computed by :func:`explain_scene`, or read from
-    ``job`` by :func:`from_job`: a scene the job lacks gives error rows), and each scene's maps
-    (scene key -> method -> ``(T, h, w)``, and ``"index"`` -> text positions) for the figure."""
+def measure(clip: "LoadedCLIP", scenes: Iterable[SceneProbes],
+            job: Optional[Dict[Tuple[str, str], Dict[str, object]]] = None,
+            keep: int = 12) -> Tuple[List[ProbeRow], Dict[str, Dict[str, object]]]:
+    """Rows of every probe of ``scenes``, one scene at a time (an iterator is read once, so a
+    large probe file is never held in memory): maps computed by :func:`explain_scene`, or read
+    from ``job`` by :func:`from_job` (a scene the job lacks gives error rows).
+
+    Returns:
+        ``(rows, kept)``: ``kept`` holds, for the figure, the first ``keep`` scenes of each
+        category: scene key -> ``{"scene": SceneProbes, "index": text -> position, method -> (T, h, w)}``.
+    """
     rows: List[ProbeRow] = []
     kept: Dict[str, Dict[str, object]] = {}
+    per_cat: Dict[str, int] = {}
     for sc in scenes:
         try:
             index, scores, maps = explain_scene(clip, sc) if job is None else from_job(sc, job)
@@ -287,7 +294,11 @@ def measure(clip: "LoadedCLIP", scenes: Sequence[SceneProbes],
                         for p in sc.probes)
             continue
         rows.extend(score_probe(p, scores, maps, index) for p in sc.probes)
-        kept[sc.key] = dict(maps, index=index)
+        cats = {p.category for p in sc.probes}
+        if any(per_cat.get(c, 0) < keep for c in cats):
+            kept[sc.key] = dict(maps, index=index, scene=sc)
+            for c in cats:
+                per_cat[c] = per_cat.get(c, 0) + 1
     return rows, kept
 
 

@@ -14,27 +14,29 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Iterable, List, Tuple
 
 from .._io import CLIError
 from .common import add_model_args
 
 
-def _suite(args: argparse.Namespace, clip) -> Tuple[list, list, dict, str]:
+def _suite(args: argparse.Namespace, clip) -> Tuple[Iterable, list, dict, str]:
     """``(scenes, error rows, not-expressible categories, description)`` of the probe suite (for
-    a probe file, also ``--out/job_pairs.jsonl``: the texts a ``--maps`` job must hold)."""
+    a probe file, the scenes are an iterator that fills the error rows as it goes, and
+    ``--out/job_pairs.jsonl`` lists the texts a ``--maps`` job must hold)."""
     import json
 
     from .._io import open_image
     from . import attributes as A
-    from .probes import job_pairs, load_probes, read_probes
+    from .probes import iter_probes, job_pairs, read_probes
 
     if args.pairs:
         lines = read_probes(args.pairs, args.images)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "job_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in job_pairs(lines)),
                                                          encoding="utf-8")
-        scenes, errors = load_probes(lines, lambda im: clip.pixels([im])[0], open_image)
+        errors: list = []  # filled while the scenes are read, one image at a time
+        scenes = iter_probes(lines, lambda im: clip.pixels([im])[0], open_image, errors)
         return scenes, errors, {}, f"probe file {args.pairs} ({len(lines)} probes)"
     try:
         scenes = A.shapes_suite(clip, args.scenes)
@@ -92,7 +94,7 @@ def cmd_attributes(args: argparse.Namespace) -> None:
     scenes, errors, not_expr, what = _suite(args, clip)
     job = _read_job(args.maps) if args.maps else None
     with torch.enable_grad():
-        rows, maps = A.measure(clip, scenes, job)
+        rows, kept = A.measure(clip, scenes, job, keep=3 * args.examples)
     rows: List[A.ProbeRow] = rows + errors
     summary = A.summarize(rows, not_expressible=not_expr)
     summary.update(suite=what, seconds=round(time.perf_counter() - t0, 1), maps=args.maps or "computed",
@@ -103,7 +105,7 @@ def cmd_attributes(args: argparse.Namespace) -> None:
     written = [write_rows([r.flat() for r in rows], out), write_summary(summary, out)]
     table = A.markdown_table(summary)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
-    fig = attributes_figure(scenes, maps, rows, summary, examples=args.examples)
+    fig = attributes_figure(kept, rows, summary, examples=args.examples)
     _save_png(fig, out / "attributes.png")
     written += [out / "table.md", out / "attributes.png"]
     print(table)

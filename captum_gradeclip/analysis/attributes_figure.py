@@ -147,14 +147,16 @@ def _side(ax: "Axes", summary: Dict[str, object]) -> None:
 
 
 
-def attributes_figure(scenes: Sequence[SceneProbes], maps: Dict[str, Dict[str, object]], rows: Sequence[ProbeRow],
+def attributes_figure(kept: Dict[str, Dict[str, object]], rows: Sequence[ProbeRow],
                       summary: Dict[str, object], *, examples: int = 4) -> "Figure":
-    """The study's figure. ``maps``: scene key -> method -> ``(T, h, w)`` maps and ``"index"``
-    (as :func:`~.attributes.measure` returns them); ``rows``: the probes' rows."""
+    """The study's figure. ``kept``: the scenes :func:`~.attributes.measure` kept (scene key ->
+    ``scene``, ``index`` and method -> ``(T, h, w)`` maps); ``rows``: the probes' rows."""
     import matplotlib.pyplot as plt
 
     by_id = {r.probe_id: r for r in rows}
     per_cat: Dict[str, List[Tuple[SceneProbes, Probe, ProbeRow]]] = {}
+    scenes = [k["scene"] for k in kept.values()]
+    maps = kept
     for sc in scenes:
         for p in sc.probes:
             if p.probe_id in by_id and by_id[p.probe_id].error is None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -36,7 +36,7 @@ from .attributes import CATEGORIES, Probe, ProbeRow, SceneProbes, to_input_geome
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-__all__ = ["ProbeDataError", "ProbeLine", "job_pairs", "load_probes", "read_probes", "region"]
+__all__ = ["ProbeDataError", "ProbeLine", "iter_probes", "job_pairs", "load_probes", "read_probes", "region"]
 
 
 class ProbeDataError(ValueError):
@@ -170,43 +170,52 @@ def _error_row(line: ProbeLine, message: str) -> ProbeRow:
     return ProbeRow(line.probe_id, line.image, line.category, line.prompt, line.distractor, error=message)
 
 
-def load_probes(lines: List[ProbeLine], pixels: Callable[["Image.Image"], Tensor],
-                open_image: Callable[[str], "Image.Image"]) -> Tuple[List[SceneProbes], List[ProbeRow]]:
-    """Probe lines -> one :class:`SceneProbes` per image (its probes' regions moved to the model
-    input's geometry by :func:`~.attributes.to_input_geometry`), and an error row for every probe
-    that cannot be used (an unreadable image, a bad mask or box, a region outside the crop).
+def iter_probes(lines: List[ProbeLine], pixels: Callable[["Image.Image"], Tensor],
+                open_image: Callable[[str], "Image.Image"], errors: List[ProbeRow]) -> Iterator[SceneProbes]:
+    """Probe lines -> one :class:`SceneProbes` per image, opened only when it is reached (images
+    in order of first appearance), its probes' regions moved to the model input's geometry by
+    :func:`~.attributes.to_input_geometry`. Every probe that cannot be used (an unreadable image,
+    a bad mask or box, a region outside the crop) is appended to ``errors`` as an error row.
 
     Args:
         pixels: PIL image -> the model input ``(3, H, W)``.
         open_image: path -> PIL image; raises on an unreadable file.
+        errors: the list the error rows go to.
     """
-    scenes: Dict[str, SceneProbes] = {}
-    errors: List[ProbeRow] = []
-    bad_images: Dict[str, str] = {}
+    by_image: Dict[str, List[ProbeLine]] = {}
     for ln in lines:
-        key = str(ln.path)
-        if key in bad_images:
-            errors.append(_error_row(ln, bad_images[key]))
-            continue
-        if key not in scenes:
-            try:
-                im = open_image(key)
-            except (CLIError, OSError, ValueError) as e:  # the probe's row says why
-                bad_images[key] = f"cannot read image {ln.image}: {' '.join(str(e).split())}"
-                errors.append(_error_row(ln, bad_images[key]))
-                continue
-            scenes[key] = SceneProbes(Path(ln.image).as_posix(), pixels(im), [], im)
-        sc = scenes[key]
+        by_image.setdefault(str(ln.path), []).append(ln)
+    for path, group in by_image.items():
         try:
-            m = region(ln, sc.image.size)
-            target = None if m is None else to_input_geometry(m, tuple(sc.pixels.shape[-2:]))
-            if target is not None and not bool(target.any()):
-                raise ProbeDataError(f"the region of probe {ln.probe_id} lies outside the model's centre crop")
-        except ProbeDataError as e:
-            errors.append(_error_row(ln, str(e)))
+            im = open_image(path)
+        except (CLIError, OSError, ValueError) as e:  # each probe's row says why
+            why = f"cannot read image {group[0].image}: {' '.join(str(e).split())}"
+            errors.extend(_error_row(ln, why) for ln in group)
             continue
-        sc.probes.append(Probe(ln.probe_id, ln.image, ln.category, ln.prompt, ln.distractor, target))
-    return [s for s in scenes.values() if s.probes], errors
+        sc = SceneProbes(Path(group[0].image).as_posix(), pixels(im), [], im)
+        for ln in group:
+            try:
+                sc.probes.append(_probe(ln, sc))
+            except ProbeDataError as e:
+                errors.append(_error_row(ln, str(e)))
+        if sc.probes:
+            yield sc
+
+
+def _probe(ln: ProbeLine, sc: SceneProbes) -> Probe:
+    """The probe of a line on its opened image (raises :class:`ProbeDataError`)."""
+    m = region(ln, sc.image.size)
+    target = None if m is None else to_input_geometry(m, tuple(sc.pixels.shape[-2:]))
+    if target is not None and not bool(target.any()):
+        raise ProbeDataError(f"the region of probe {ln.probe_id} lies outside the model's centre crop")
+    return Probe(ln.probe_id, ln.image, ln.category, ln.prompt, ln.distractor, target)
+
+
+def load_probes(lines: List[ProbeLine], pixels: Callable[["Image.Image"], Tensor],
+                open_image: Callable[[str], "Image.Image"]) -> Tuple[List[SceneProbes], List[ProbeRow]]:
+    """:func:`iter_probes` as a list: ``(scenes, error rows)``, every image held in memory."""
+    errors: List[ProbeRow] = []
+    return list(iter_probes(lines, pixels, open_image, errors)), errors
 
 
 def job_pairs(lines: List[ProbeLine]) -> List[Dict[str, object]]:
