@@ -1,11 +1,11 @@
 """What an analysis costs per pair, relative to one ``explain-dataset`` row.
 
-    python benchmarks/analysis_cost.py                # ShapesCLIP, 64 held-out scenes
-    python benchmarks/analysis_cost.py --scenes 16    # quicker
+    python benchmarks/analysis_cost.py                # ShapesCLIP, 16 and 32 held-out scenes
+    python benchmarks/analysis_cost.py --scenes 8     # quicker
 
 The scenes (seeds 790,000 ..., inside the concreteness study's held-out range, 2-4 objects) are
 saved as PNGs with pairs files, and each command runs in this process on the same files
-(1 torch thread; the fastest of ``--repeats`` runs counts):
+(1 torch thread):
 
 - ``explain-dataset`` (the unit, its defaults: ``--batch-size 16``): ``--pairs`` with each scene's
   caption; one row = one (image, caption) image map; ``--text-maps``: the same plus its word map;
@@ -17,8 +17,10 @@ saved as PNGs with pairs files, and each command runs in this process on the sam
   texts) and 16 (the engine's batches: the columns are the union of the batch's texts, which
   every image of the batch pays for, image and word maps alike).
 
-Each command's wall time includes loading ShapesCLIP (measured separately and subtracted) and
-writing its outputs. Another engineer's study may add itself to ``STUDIES``.
+Each command runs on ``n`` and on ``2n`` pairs: the cost per pair is the difference over ``n`` (the
+marginal cost: loading the model, the statistics' bootstrap and the figure are paid once per run
+and left out), and the table also shows what is left at ``n`` pairs (those fixed seconds).
+Another study may add itself to ``STUDIES``.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 SEED0 = 790_000
 
 
-def make_inputs(root: Path, n: int) -> Dict[str, Path]:
-    """``n`` scenes as PNGs under ``root`` and the pairs files the commands read."""
+def make_inputs(root: Path, n: int, tag: str = "") -> Dict[str, Path]:
+    """``n`` scenes as PNGs under ``root`` and the pairs files the commands read (named with ``tag``)."""
     from captum_gradeclip.shapes import render_scene
 
     caps, dec = [], []
@@ -43,7 +45,7 @@ def make_inputs(root: Path, n: int) -> Dict[str, Path]:
         sc.image.save(root / f"s{i}.png")
         caps.append({"image": f"s{i}.png", "texts": [sc.caption()]})
         dec.append({"image": f"s{i}.png", "texts": [sc.caption()], "phrases": sc.prompts})
-    files = {"captions": root / "captions.jsonl", "decomposition": root / "decomposition.jsonl"}
+    files = {"captions": root / f"captions{tag}.jsonl", "decomposition": root / f"decomposition{tag}.jsonl"}
     for key, lines in (("captions", caps), ("decomposition", dec)):
         files[key].write_text("".join(json.dumps(x) + "\n" for x in lines))
     return files
@@ -81,33 +83,33 @@ STUDIES: Dict[str, Callable[[Dict[str, Path], Path], float]] = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenes", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each command; the fastest counts (shared cores)")
+    ap.add_argument("--scenes", type=int, default=16, help="n: each command runs on n and on 2n pairs")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each command and size; the fastest counts")
     args = ap.parse_args()
     import torch
-
-    from captum_gradeclip.models import load_shapes
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        files = make_inputs(root, args.scenes)
-        _explain(files, root / "warmup", False)  # imports and first-call costs out of the measurements
-        t0 = time.perf_counter()
-        load_shapes()
-        load = time.perf_counter() - t0
-        def best(fn: Callable[[Path], float], name: str) -> float:
-            return (min(fn(root / f"{name}-{k}") for k in range(args.repeats)) - load) / args.scenes
+        big, small = make_inputs(root, 2 * args.scenes, "-2n"), make_inputs(root, args.scenes, "-n")
+        _explain(small, root / "warmup", False)  # imports and first-call costs out of the measurements
 
-        unit = best(lambda out: _explain(files, out, False), "plain")
-        rows = [("explain-dataset (the unit: 1 row per pair)", unit),
-                ("explain-dataset --text-maps", best(lambda out: _explain(files, out, True), "text"))]
-        rows += [(label, best(lambda out, fn=fn: fn(files, out), f"s{i}")) for i, (label, fn) in enumerate(STUDIES.items())]
-    print(f"\nShapesCLIP, {args.scenes} scenes, fastest of {args.repeats} runs, model load {load:.2f} s subtracted\n")
-    print("| command | ms per pair | x one explain-dataset row |\n|---|---:|---:|")
-    for name, t in rows:
-        print(f"| {name} | {1000 * t:.1f} | {t / unit:.2f} |")
+        def marginal(fn: Callable[[Dict[str, Path], Path], float], name: str) -> Tuple[float, float]:
+            """(seconds per extra pair between n and 2n pairs, the fixed seconds left at n)."""
+            t_n = min(fn(small, root / f"{name}-n{k}") for k in range(args.repeats))
+            t_2n = min(fn(big, root / f"{name}-2n{k}") for k in range(args.repeats))
+            per = (t_2n - t_n) / args.scenes
+            return per, t_n - per * args.scenes
 
+        cells = {"explain-dataset (the unit: 1 row per pair)": lambda f, out: _explain(f, out, False),
+                 "explain-dataset --text-maps": lambda f, out: _explain(f, out, True), **STUDIES}
+        rows = [(label, *marginal(fn, f"c{i}")) for i, (label, fn) in enumerate(cells.items())]
+    unit = rows[0][1]
+    print(f"\nShapesCLIP, {args.scenes} and {2 * args.scenes} pairs, fastest of {args.repeats} run(s) each\n")
+    print("| command | ms per pair | x one explain-dataset row | fixed s (model, statistics, figure) |")
+    print("|---|---:|---:|---:|")
+    for label, per, fixed in rows:
+        print(f"| {label} | {1000 * per:.1f} | {per / unit:.2f} | {fixed:.1f} |")
 
 if __name__ == "__main__":
     main()

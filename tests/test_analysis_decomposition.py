@@ -73,6 +73,8 @@ def test_decompose_2x2_by_hand():
     s = summarize([row, one], n_boot=50)
     assert s["spearman_drop_weight"]["n"] == 1 and s["spearman_drop_weight"]["undefined"] == 1
     assert s["r_weighted"]["mean"].mean == pytest.approx((row.r_weighted + one.r_weighted) / 2)
+    assert s["deletions_lowering_score"] == 1.0  # drops 0.2, 0.05 and 0.2: all positive
+    assert s["by_n_phrases"]["2"]["pairs"] == 1 and s["by_n_phrases"]["1"]["spearman_drop_weight"] is None
 
 
 def test_top_iou_by_hand():

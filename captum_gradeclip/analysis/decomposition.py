@@ -228,6 +228,22 @@ def summarize(rows: Sequence[DecompositionRow], *, n_boot: int = 1000) -> Dict[s
                      "mean": bootstrap_ci(vs, n_boot=n_boot) if vs else None}
     diff = [r.r_weighted - r.r_mean for r in rows if not math.isnan(r.r_weighted - r.r_mean)]
     out["r_weighted_minus_r_mean"] = {"n": len(diff), "mean": bootstrap_ci(diff, n_boot=n_boot) if diff else None}
+    drops = [d for r in rows for d in r.drops]
+    out["deletions_lowering_score"] = sum(d > 0 for d in drops) / len(drops) if drops else None
+    out["by_n_phrases"] = _by_n_phrases(rows)
+    return out
+
+
+def _by_n_phrases(rows: Sequence[DecompositionRow]) -> Dict[str, Dict[str, Any]]:
+    """Plain means of the main numbers for the pairs with each number of phrases."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for n in sorted({len(r.phrases) for r in rows}):
+        group = [r for r in rows if len(r.phrases) == n]
+        cell: Dict[str, Any] = {"pairs": len(group)}
+        for name in ("r_weighted", "r_mean", "spearman_drop_weight", "pointing_rate"):
+            vs = [getattr(r, name) for r in group if not math.isnan(getattr(r, name))]
+            cell[name] = sum(vs) / len(vs) if vs else None
+        out[str(n)] = cell
     return out
 
 
