@@ -49,8 +49,9 @@ __all__ = [
 
 #: The generated suite's three-object scenes use seeds from here (ShapesCLIP's training uses
 #: 1,000,000 + 100,000,000 * seed + ..., its evaluation 0-499, the benchmark 0-99 and
-#: 10,000-10,059, finetune's evaluation 500,000 ... and calibration 600,000 ..., finetune's
-#: training 5,000,000,000 ...): 800,000-849,999 are used by nothing else.
+#: 10,000-10,059, finetune's evaluation 500,000 ... and calibration 600,000 ..., ``analyze
+#: decomposition`` 700,000 ..., ``analyze concreteness`` 750,000 ..., finetune's training
+#: 5,000,000,000 ...): 800,000-849,999 are used by nothing else.
 ATTRIBUTES_SEED_START = 800_000
 #: The binding category's two-object scenes: seeds 850,000-899,999.
 BINDING_SEED_START = 850_000

@@ -2,11 +2,13 @@
 
     captum-gradeclip analyze attributes --out DIR                       # ShapesCLIP, generated probes
     captum-gradeclip analyze attributes --out DIR --model NAME --pairs PROBES.jsonl
+    captum-gradeclip analyze attributes --out DIR --model NAME --pairs PROBES.jsonl --maps JOB   # explain-dataset's maps
 
 Writes ``DIR/rows.parquet`` (or ``rows.csv``: one row per probe), ``DIR/summary.json`` (per
 category: the model's accuracy, the pointing game and energy pointing game of Grad-ECLIP and of
 GAME, with 95% bootstrap intervals; binding's energy shares; absent prompts' concentration) and
-``DIR/attributes.png``.
+``DIR/attributes.png``. Each image's prompts and distractors are explained in one
+``attribute_all`` call per method, one image at a time (``--batch-size`` is not used).
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ def _suite(args: argparse.Namespace, clip) -> Tuple[Iterable, list, dict, str]:
 
     if args.pairs:
         lines = read_probes(args.pairs, args.images)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "job_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in job_pairs(lines)),
-                                                         encoding="utf-8")
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "job_pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in job_pairs(lines)),
+                                                             encoding="utf-8")
+        except OSError as e:
+            raise CLIError(f"cannot write --out {args.out}: {e.strerror or e}") from None
         errors: list = []  # filled while the scenes are read, one image at a time
         scenes = iter_probes(lines, lambda im: clip.pixels([im])[0], open_image, errors)
         return scenes, errors, {}, f"probe file {args.pairs} ({len(lines)} probes)"
