@@ -5,7 +5,8 @@
 
 The scenes (seeds 790,000 ..., inside the concreteness study's held-out range, 2-4 objects) are
 saved as PNGs with pairs files, and each command runs in this process on the same files
-(1 torch thread):
+(1 torch thread, no DataLoader workers: all the work is in this process, and its CPU time,
+``time.process_time``, is what is measured, so other jobs on shared cores do not count):
 
 - ``explain-dataset`` (the unit, its defaults: ``--batch-size 16``): ``--pairs`` with each scene's
   caption; one row = one (image, caption) image map; ``--text-maps``: the same plus its word map;
@@ -54,11 +55,11 @@ def make_inputs(root: Path, n: int, tag: str = "") -> Dict[str, Path]:
 def timed(argv: List[str]) -> float:
     from captum_gradeclip.cli import main
 
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # this process's CPU time: other jobs on shared cores do not count
     code = main(argv)
     if code != 0:
         raise SystemExit(f"{' '.join(argv[:3])} failed with status {code}")
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def _explain(files: Dict[str, Path], out: Path, text_maps: bool) -> float:
@@ -105,8 +106,8 @@ def main() -> None:
                  "explain-dataset --text-maps": lambda f, out: _explain(f, out, True), **STUDIES}
         rows = [(label, *marginal(fn, f"c{i}")) for i, (label, fn) in enumerate(cells.items())]
     unit = rows[0][1]
-    print(f"\nShapesCLIP, {args.scenes} and {2 * args.scenes} pairs, fastest of {args.repeats} run(s) each\n")
-    print("| command | ms per pair | x one explain-dataset row | fixed s (model, statistics, figure) |")
+    print(f"\nShapesCLIP, {args.scenes} and {2 * args.scenes} pairs, CPU time, fastest of {args.repeats} run(s) each\n")
+    print("| command | CPU ms per pair | x one explain-dataset row | fixed CPU s (model, statistics, figure) |")
     print("|---|---:|---:|---:|")
     for label, per, fixed in rows:
         print(f"| {label} | {1000 * per:.1f} | {per / unit:.2f} | {fixed:.1f} |")
