@@ -112,6 +112,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .analysis.cli import add_parser as add_analyze
     from .benchmark import add_parser as add_benchmark
     from .finetune.cli import add_parser as add_finetune
     from .scale.cli import add_parser as add_explain_dataset
@@ -133,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     add_benchmark(sub)
     add_finetune(sub)
     add_explain_dataset(sub)
+    add_analyze(sub)
     return ap
 
 
