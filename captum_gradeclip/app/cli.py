@@ -43,9 +43,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     """Write the HTML report of the job folder ``args.out``."""
     from .report import ReportCaps, write_report
 
-    if min(args.best, args.sample) < 0:
-        raise CLIError(f"--best and --sample must be >= 0, got {args.best} and {args.sample}")
-    path = write_report(args.out, args.html, ReportCaps(best=args.best, sample=args.sample, seed=args.seed))
+    if min(args.best, args.sample, args.texts) < 0:
+        raise CLIError(f"--best, --sample and --texts must be >= 0, got {args.best}, {args.sample} and {args.texts}")
+    caps = ReportCaps(best=args.best, sample=args.sample, texts=args.texts, seed=args.seed)
+    path = write_report(args.out, args.html, caps, images=args.images)
     print(f"wrote {path}")
 
 
@@ -65,7 +66,9 @@ def add_report_parser(sub: "argparse._SubParsersAction") -> None:
     r = sub.add_parser("report", help="a self-contained HTML report of an explain-dataset or benchmark folder")
     r.add_argument("out", help="the explain-dataset --out folder, or a folder benchmark's --out-dir")
     r.add_argument("--html", default=None, help="where to write it (default: OUT/report.html)")
+    r.add_argument("--images", default=None, help="the job's image folder (its --images): thumbnails and overlays")
     r.add_argument("--best", type=int, default=8, help="highest- and lowest-scoring rows kept per text (default 8)")
     r.add_argument("--sample", type=int, default=200, help="random rows kept besides those (default 200)")
+    r.add_argument("--texts", type=int, default=20, help="texts with their own best/worst rows: the most frequent (20)")
     r.add_argument("--seed", type=int, default=0, help="seed of the random sample")
     r.set_defaults(func=cmd_report)
