@@ -7,7 +7,8 @@ Two kinds of folder: an ``explain-dataset`` output (``shard-*.parquet`` with map
 
 The caps (:class:`ReportCaps`): for each of the ``texts`` most frequent texts, its ``best``
 highest- and ``best`` lowest-scoring rows, plus ``sample`` rows drawn at random (``seed``) from
-the whole job. So the report's size depends on the caps, not on the job's size.
+the whole job. So the report's size depends on the caps, not on the job's size. A benchmark's
+rows are grouped by method instead of text and ranked by their insertion AUC instead of the score.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Job:
         totals: rows, images, texts, errors, shards. errors: the error records. per_text: text ->
         (rows, mean, min, max score). rows: the kept rows. best, worst: text -> its kept rows,
         best first / worst first. columns: the extra scalar columns (e.g. method, AUCs).
+        group, rank: the column rows are grouped by (``text``; a benchmark's ``method``) and ranked by
+        (``score``; a benchmark's ``insertion_auc``).
     """
 
     kind: str
@@ -72,6 +75,8 @@ class Job:
     worst: Dict[str, List[Row]]
     columns: List[str]
     caps: ReportCaps
+    group: str = "text"
+    rank: str = "score"
 
 
 def _shard_folder(out: Path) -> Tuple[str, Path]:
@@ -121,15 +126,16 @@ def _scan(files: List[Path]) -> Tuple[List[Tuple[int, int]], Dict[str, List[Any]
     return where, cols, extra
 
 
-def _select(cols: Dict[str, List[Any]], caps: ReportCaps) -> Tuple[Dict[str, List[int]], Dict[str, List[int]], List[int]]:
-    """Row numbers: each frequent text's best and worst (by score), and the random sample."""
+def _select(cols: Dict[str, List[Any]], caps: ReportCaps, group: str,
+            rank: str) -> Tuple[Dict[str, List[int]], Dict[str, List[int]], List[int]]:
+    """Row numbers: each frequent group's best and worst (by ``rank``), and the random sample."""
     by_text: Dict[str, List[int]] = defaultdict(list)
-    for i, t in enumerate(cols["text"]):
+    for i, t in enumerate(cols[group]):
         by_text[t].append(i)
-    frequent = [t for t, _ in Counter(cols["text"]).most_common(caps.texts)]
+    frequent = [t for t, _ in Counter(cols[group]).most_common(caps.texts)]
     best, worst = {}, {}
     for t in frequent:
-        order = sorted(by_text[t], key=lambda i: -cols["score"][i])
+        order = sorted(by_text[t], key=lambda i: (-cols[rank][i], i))
         best[t], worst[t] = order[:caps.best], order[::-1][:caps.best]
     n = len(cols["text"])
     sample = sorted(random.Random(caps.seed).sample(range(n), min(caps.sample, n)))
@@ -152,9 +158,9 @@ def _maps(files: List[Path], rows: List[Row]) -> None:
             r.map = torch.from_numpy(a)
 
 
-def _per_text(cols: Dict[str, List[Any]]) -> Dict[str, Tuple[int, float, float, float]]:
+def _per_text(cols: Dict[str, List[Any]], group: str, rank: str) -> Dict[str, Tuple[int, float, float, float]]:
     acc: Dict[str, List[float]] = defaultdict(list)
-    for t, s in zip(cols["text"], cols["score"]):
+    for t, s in zip(cols[group], cols[rank]):
         acc[t].append(s)
     return {t: (len(v), sum(v) / len(v), min(v), max(v)) for t, v in
             sorted(acc.items(), key=lambda kv: -len(kv[1]))}
@@ -180,7 +186,8 @@ def read_job(out: "str | Path", caps: ReportCaps = ReportCaps()) -> Job:
         where, cols, extra = _scan(files)
     except Exception as e:  # pyarrow's errors for a damaged file
         raise CLIError(f"cannot read the shards in {shards} ({e.__class__.__name__}: {str(e)[:120]})") from None
-    best_i, worst_i, sample = _select(cols, caps)
+    group, rank = ("method", "insertion_auc") if kind == "benchmark" else ("text", "score")
+    best_i, worst_i, sample = _select(cols, caps, group, rank)
     rows: Dict[int, Row] = {}
 
     def keep(i: int, why: str) -> Row:
@@ -202,4 +209,5 @@ def read_job(out: "str | Path", caps: ReportCaps = ReportCaps()) -> Job:
     errors = _errors(shards)
     totals = {"rows": len(where), "images": len(set(cols["image"])), "texts": len(set(cols["text"])),
               "errors": len(errors), "shards": len(files), "rows shown": len(kept)}
-    return Job(kind, out, config, totals, errors, _per_text(cols), kept, best, worst, extra, caps)
+    return Job(kind, out, config, totals, errors, _per_text(cols, group, rank), kept, best, worst, extra, caps,
+               group, rank)

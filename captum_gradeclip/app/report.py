@@ -104,7 +104,7 @@ def extremes(job: Job, root: Optional[str]) -> str:
             pic = overlay(img or _canvas(r), r.map, TILE) if r.map is not None else img
             tag = "" if pic is None else f'<img class="extreme" src="{data_uri(pic, "JPEG")}"><br>'
             out.append(f'<span class="tile">{tag}{html.escape(r.values["image"][-24:])}<br>'
-                       f'{r.values["score"]:.3f}</span>')
+                       f'{r.values[job.rank]:.3f}</span>')
         return "".join(out)
 
     parts = []
@@ -115,20 +115,36 @@ def extremes(job: Job, root: Optional[str]) -> str:
 
 
 def summary(job: Job) -> str:
-    """The totals, the caps that chose the rows, and per-text statistics."""
+    """The totals, the caps that chose the rows, and per-text (a benchmark: per-method) statistics."""
     c, t = job.caps, job.totals
     totals = ", ".join(f"{v} {k}" for k, v in t.items())
-    caps = (f"The table keeps, for each of the {min(c.texts, t['texts'])} most frequent of the {t['texts']} texts, "
-            f"its {c.best} highest- and {c.best} lowest-scoring rows, plus {c.sample} rows drawn at random "
-            f"(seed {c.seed}) from all {t['rows']}: {t['rows shown']} rows shown.")
+    n = len(job.per_text)
+    caps = (f"The table keeps, for each of the {min(c.texts, n)} most frequent of the {n} {job.group}s, "
+            f"its {c.best} highest- and {c.best} lowest-ranked rows by {job.rank}, plus {c.sample} rows drawn at "
+            f"random (seed {c.seed}) from all {t['rows']}: {t['rows shown']} rows shown.")
     stats = "".join(f"<tr><td data-v='{html.escape(k)}'>{html.escape(k)}</td><td data-v='{n}'>{n}</td>"
                     f"<td data-v='{m!r}'>{m:.4f}</td><td data-v='{lo!r}'>{lo:.4f}</td><td data-v='{hi!r}'>{hi:.4f}</td></tr>"
                     for k, (n, m, lo, hi) in list(job.per_text.items())[:MAX_LISTED])
     more = len(job.per_text) - MAX_LISTED
-    return (f"<p><b>{totals}</b></p><p>{caps}</p><h2>Scores per text</h2><table id='texts'><thead><tr>"
-            + "".join(f'<th onclick="sortBy(this)" data-num="{int(h != "text")}">{h}</th>'
-                      for h in ("text", "rows", "mean", "min", "max"))
+    heads = (job.group, "rows", f"mean {job.rank}", "min", "max")
+    return (f"<p><b>{totals}</b></p><p>{caps}</p><h2>{job.rank} per {job.group}</h2><table id='texts'><thead><tr>"
+            + "".join(f'<th onclick="sortBy(this)" data-num="{int(h != job.group)}">{h}</th>' for h in heads)
             + f"</tr></thead><tbody>{stats}</tbody></table>" + (f"<p>({more} more texts not listed)</p>" if more > 0 else ""))
+
+
+def benchmark_html(job: Job) -> str:
+    """A benchmark's averages per method (its ``benchmark.json``) and its plot (``benchmark.png``)."""
+    from PIL import Image
+
+    res = job.config.get("benchmark", {}).get("image", {})
+    keys = list(dict.fromkeys(k for v in res.values() for k in v))
+    rows = "".join(f"<tr><td>{html.escape(m)}</td>" + "".join(f"<td>{v.get(k, float('nan')):.4f}</td>" for k in keys)
+                   + "</tr>" for m, v in res.items())
+    table = f"<table id='averages'><tr><th>method</th>{''.join(f'<th>{k}</th>' for k in keys)}</tr>{rows}</table>"
+    png = job.folder / "benchmark.png"
+    plot = f"<p><img class='plot' src='{data_uri(Image.open(png).convert('RGB'), 'JPEG')}' width='720'></p>" \
+        if png.is_file() else ""
+    return f"<h2>Averages per method (benchmark.json)</h2>{table}{plot}"
 
 
 def errors_html(job: Job) -> str:
@@ -148,9 +164,10 @@ def render_html(job: Job, images: Optional[str] = None) -> str:
     note = "" if images else "<p><i>No --images folder given: maps are drawn without their images.</i></p>"
     if job.kind == "benchmark":
         note += "<p>A folder benchmark stores curves and AUCs, not maps: the table shows thumbnails only.</p>"
+        note += benchmark_html(job)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
-            f"{note}{summary(job)}<h2>Highest- and lowest-scoring images per text</h2>{extremes(job, images)}"
+            f"{note}{summary(job)}<h2>Highest and lowest {job.rank} per {job.group}</h2>{extremes(job, images)}"
             f"<h2>Rows</h2>{rows_table(job, images)}<h2>Errors</h2>{errors_html(job)}"
             f"<h2>Configuration</h2><pre id='config'>{html.escape(json.dumps(job.config, indent=1, default=str))}</pre>"
             "</body></html>")
