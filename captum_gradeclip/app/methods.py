@@ -83,7 +83,7 @@ def build(name: str, clip: "LoadedCLIP", sim: "nn.Module", n_prompts: int, optio
         "Attention rollout": lambda: _all(AttentionRollout, sim, layers),
         "Token Grad-CAM": lambda: _all(TokenGradCAM, sim, last),
         "CLS attention": lambda: _all(CLSAttention, sim, last),
-        METHODS[6]: lambda: _per_prompt(lambda x, t: LayerGradCam(sim, clip.gradcam_layer).attribute(
+        METHODS[6]: lambda: _per_prompt(lambda x, t: LayerGradCam(sim, _gradcam_layer(clip)).attribute(
             x, target=t, relu_attributions=True), n_prompts),
         METHODS[7]: lambda: _per_prompt(lambda x, t: IntegratedGradients(sim).attribute(
             x, target=t, n_steps=IG_STEPS, internal_batch_size=IG_STEPS).abs().sum(1, keepdim=True), n_prompts),
@@ -91,6 +91,19 @@ def build(name: str, clip: "LoadedCLIP", sim: "nn.Module", n_prompts: int, optio
     if name not in table:
         raise ValueError(f"unknown method {name!r}; the methods are: {', '.join(METHODS)}")
     return table[name]()
+
+
+def _gradcam_layer(clip: "LoadedCLIP") -> "nn.Module":
+    """The layer Captum's ``LayerGradCam`` explains (the patch embedding of a ViT, as the benchmark's).
+
+    Raises:
+        ValueError: a model object that does not name one.
+    """
+    layer = getattr(clip, "gradcam_layer", None)
+    if layer is None:
+        raise ValueError("Captum LayerGradCam needs the model's patch embedding (gradcam_layer), which this "
+                         "model object does not name; choose another method")
+    return layer
 
 
 def check_names(names: Sequence[str]) -> None:
