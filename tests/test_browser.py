@@ -141,3 +141,18 @@ def test_report_renders_sorts_and_filters(browser, tmp_path):
     assert scores() == sorted((r["score"] for r in rows), reverse=True)
     css(browser, "#filter")[0].send_keys("a dog")
     assert css(browser, "#shown")[0].text == "10"
+
+
+def test_render_scene_button_fills_the_inputs(app, browser):
+    from captum_gradeclip.shapes import render_scene
+
+    open_app(browser, app)
+    seed = css(browser, "#gce-seed input")[0]
+    seed.clear()
+    seed.send_keys("4")
+    css(browser, "#gce-scene")[0].click()
+    want = render_scene(seed=4, n_objects=3)
+    wait_for(browser, lambda d: css(d, "#gce-prompts textarea")[0].get_attribute("value") == "\n".join(want.prompts))
+    wait_for(browser, lambda d: css(d, "#gce-image img"))
+    assert css(browser, "#gce-caption textarea")[0].get_attribute("value") == want.caption()
+    explain(browser, 3 * 3)
