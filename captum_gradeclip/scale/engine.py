@@ -15,8 +15,6 @@ rank loses at most its unfinished shards; the same command again skips finished 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,20 +28,39 @@ from . import store
 from .data import key_of
 from .table import to_table
 
-#: Test-only hook: ``"RANK:N"`` makes rank RANK kill itself with SIGKILL after writing N shards
-#: (the kill-and-resume tests use it; never set it otherwise).
-KILL_ENV = "CAPTUM_GRADECLIP_KILL_AFTER"
-
 #: ``(pixels (N, 3, H, W), texts: N lists) -> N lists of row dicts``. Optional attributes the
 #: engine reads: ``config()`` (recorded in the job's configuration), ``to_table(rows)`` (an Arrow
 #: table of a shard's rows; default :func:`.table.to_table`), ``text_maps`` (default schema with
 #: word maps), ``splits_texts`` (``False``: a failing image is not retried text by text).
 BatchExplainer = Callable[[torch.Tensor, Sequence[Sequence[str]]], List[List[Dict[str, Any]]]]
+Rows = List[Dict[str, Any]]
+
+
+def _no_fault(rank: int, written: int) -> None:
+    """The production :data:`after_shard`: nothing."""
+
+
+#: Test seam: ``after_shard(rank, written)`` runs after a rank wrote a shard (``written``: its
+#: shards so far in this run). Fault-injection tests replace it (e.g. to kill the rank); the
+#: engine never reads the environment for it.
+after_shard: Callable[[int, int], None] = _no_fault
+
+
+@dataclass
+class WorkInput:
+    """One input of a batch as a ``DataLoader`` worker hands it over: its ``index`` in the
+    dataset and ``key``, and either ``pixels (3, H, W)`` and ``texts`` or the ``error`` that kept
+    it from being decoded."""
+
+    index: int
+    key: Optional[str]
+    pixels: Optional[torch.Tensor] = None
+    texts: Tuple[str, ...] = ()
+    error: Optional[str] = None
 
 
 class _Safe:
-    """``dataset[i]`` -> ``("ok", i, key, pixels, texts)`` or ``("error", i, key, reason)``:
-    decoding errors stay in the worker as data."""
+    """``dataset[i]`` -> a :class:`WorkInput`: decoding errors stay in the worker as data."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
@@ -51,14 +68,14 @@ class _Safe:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> Tuple[Any, ...]:
+    def __getitem__(self, i: int) -> WorkInput:
         try:
             key, pixels, texts = self.dataset[i]
             if not torch.is_tensor(pixels) or pixels.dim() != 3:
                 raise TypeError(f"pixels must be a (3, H, W) tensor, got {type(pixels).__name__}")
-            return ("ok", i, str(key), pixels, list(texts))
+            return WorkInput(i, str(key), pixels, tuple(texts))
         except Exception as e:  # a bad input never stops the run: it becomes an error row
-            return ("error", i, key_of(self.dataset, i), _reason(e))
+            return WorkInput(i, key_of(self.dataset, i), error=_reason(e))
 
 
 def _reason(e: Exception) -> str:
@@ -66,7 +83,7 @@ def _reason(e: Exception) -> str:
     return str(e) if isinstance(e, CLIError) else f"{type(e).__name__}: {e}"
 
 
-def _collate(records: List[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
+def _collate(records: List[WorkInput]) -> List[WorkInput]:
     return records
 
 
@@ -76,8 +93,8 @@ class _Shard:
 
     index: int
     left: int
-    rows: List[Dict[str, Any]] = field(default_factory=list)
-    errors: List[Dict[str, Any]] = field(default_factory=list)
+    rows: Rows = field(default_factory=list)
+    errors: Rows = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
 
 
@@ -97,6 +114,61 @@ def _error(key: Optional[str], reason: str, text: Optional[str] = None) -> Dict[
     return rec
 
 
+@dataclass
+class Outcome:
+    """What explaining some inputs gave: ``rows``, ``errors`` and the first exception an error
+    row came from (``failure``)."""
+
+    rows: Rows = field(default_factory=list)
+    errors: Rows = field(default_factory=list)
+    failure: Optional[Exception] = None
+
+    def add(self, other: "Outcome") -> None:
+        self.rows += other.rows
+        self.errors += other.errors
+        self.failure = self.failure or other.failure
+
+
+def _attempt(explain: BatchExplainer, inputs: Sequence[WorkInput]) -> Tuple[Optional[Rows], Optional[Exception]]:
+    """The rows of ``inputs`` explained together, or ``(None, the exception)``."""
+    try:
+        rows = explain(torch.stack([x.pixels for x in inputs]), [list(x.texts) for x in inputs])
+    except Exception as e:  # the caller falls back to smaller calls
+        return None, e
+    return [{**r, "image": x.key, "text_index": j} for x, rs in zip(inputs, rows) for j, r in enumerate(rs)], None
+
+
+def _text_by_text(explain: BatchExplainer, x: WorkInput, failure: Exception) -> Outcome:
+    """One image whose call failed with ``failure``: its texts one at a time, or (an explainer
+    with ``splits_texts = False``, whose texts go together) one error row for the image."""
+    if not getattr(explain, "splits_texts", True):
+        return Outcome(errors=[_error(x.key, _reason(failure))], failure=failure)
+    out = Outcome()
+    for j, t in enumerate(x.texts):
+        rows, e = _attempt(explain, [WorkInput(x.index, x.key, x.pixels, (t,))])
+        if rows is None:
+            out.add(Outcome(errors=[_error(x.key, _reason(e), t)], failure=e))
+        else:
+            out.rows += [{**rows[0], "text_index": j}]
+    return out
+
+
+def explain_group(explain: BatchExplainer, group: Sequence[WorkInput]) -> Outcome:
+    """Rows and errors of same-shape inputs: the group at once, else image by image, else text
+    by text (only the inputs that fail are lost)."""
+    rows, failure = _attempt(explain, group)
+    if rows is not None:
+        return Outcome(rows)
+    out = Outcome()
+    for x in group:
+        rows, e = (None, failure) if len(group) == 1 else _attempt(explain, [x])
+        if rows is None:
+            out.add(_text_by_text(explain, x, e))
+        else:
+            out.rows += rows
+    return out
+
+
 class _Runner:
     """One rank's loop over its batches (see the module docstring)."""
 
@@ -107,68 +179,28 @@ class _Runner:
         self.rows_done = 0
         self.first_failure: Optional[Exception] = None
         self.written = 0
-        kill = os.environ.get(KILL_ENV, "")
-        self.kill_rank, _, n = kill.partition(":")
-        self.kill_after = int(n) if n else 0
 
-    def explain_group(self, good: List[Tuple[Any, ...]]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-        """Rows and errors of same-shape examples: the batch at once, else image by image, else
-        text by text (only the inputs that fail are lost)."""
-        try:
-            return self._rows(good, self.explain(torch.stack([g[3] for g in good]), [g[4] for g in good])), []
-        except Exception as e:
-            if len(good) == 1:
-                return self._one_failed(good[0], e)
-        rows, errors = [], []
-        for g in good:
-            r, e = self.explain_group([g])
-            rows += r
-            errors += e
-        return rows, errors
-
-    def _one_failed(self, g: Tuple[Any, ...], e: Exception) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-        """One image that failed: text by text, or (an explainer with ``splits_texts = False``,
-        whose texts go together) an error row for the image."""
-        if getattr(self.explain, "splits_texts", True):
-            return self._texts_one_by_one(g)
-        self.first_failure = self.first_failure or e
-        return [], [_error(g[2], _reason(e))]
-
-    def _texts_one_by_one(self, g: Tuple[Any, ...]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-        rows, errors = [], []
-        for j, t in enumerate(g[4]):
-            try:
-                r = self.explain(g[3][None], [[t]])[0]
-            except Exception as e:
-                self.first_failure = self.first_failure or e
-                errors.append(_error(g[2], _reason(e), t))
-                continue
-            rows += [{**r[0], "image": g[2], "text_index": j}]
-        return rows, errors
-
-    def _rows(self, good: List[Tuple[Any, ...]], rows: List[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
-        return [{**r, "image": g[2], "text_index": j} for g, rs in zip(good, rows) for j, r in enumerate(rs)]
-
-    def batch(self, records: List[Tuple[Any, ...]], shard: _Shard) -> None:
+    def batch(self, records: List[WorkInput], shard: _Shard) -> None:
         """Explain one batch into ``shard``; same-shape images are explained together, with
         torch's random generator seeded by the batch's first index (the same numbers whatever
         the world size, and on a rerun)."""
-        torch.manual_seed(records[0][1])
-        groups: Dict[Tuple[int, ...], List[Tuple[Any, ...]]] = {}
-        for rec in records:
-            if rec[0] == "error":
-                shard.errors.append(_error(rec[2], rec[3]))
+        torch.manual_seed(records[0].index)
+        groups: Dict[Tuple[int, ...], List[WorkInput]] = {}
+        for x in records:
+            if x.error is not None:
+                shard.errors.append(_error(x.key, x.error))
             else:
-                groups.setdefault(tuple(rec[3].shape), []).append(rec)
+                groups.setdefault(tuple(x.pixels.shape), []).append(x)
         for good in groups.values():
-            rows, errors = self.explain_group(good)
-            if not rows and not self.rows_done and self.first_failure is not None:
+            got = explain_group(self.explain, good)
+            self.first_failure = self.first_failure or got.failure
+            if not got.rows and not self.rows_done and self.first_failure is not None:
                 raise RuntimeError(f"every input of this rank's first batch failed to explain ({len(good)} images), "
                                    f"a problem of the job rather than of its inputs: {_reason(self.first_failure)}"
                                    ) from self.first_failure
-            shard.rows += rows
-            shard.errors += errors
-            self.rows_done += len(rows)
+            shard.rows += got.rows
+            shard.errors += got.errors
+            self.rows_done += len(got.rows)
         shard.left -= len(records)
 
     def finish(self, shard: _Shard, rank: int) -> None:
@@ -177,11 +209,10 @@ class _Runner:
         print(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "shard": shard.index, "rows": len(shard.rows),
                           "errors": len(shard.errors), "seconds": round(time.perf_counter() - shard.t0, 3)}),
               file=self.log, flush=True)
-        if self.kill_after and self.kill_rank == str(rank) and self.written >= self.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        after_shard(rank, self.written)
 
 
-def _loader(dataset: Any, batches: List[List[int]], num_workers: int) -> Iterator[List[Tuple[Any, ...]]]:
+def _loader(dataset: Any, batches: List[List[int]], num_workers: int) -> Iterator[List[WorkInput]]:
     from torch.utils.data import DataLoader
 
     if not batches:
