@@ -8,14 +8,17 @@ the world size). Each rank reads the images of its unfinished shards through one
 batch with the batch explainer (:mod:`.explain`) and writes a shard when its last batch is done.
 Batches are the same whatever the world size, so the maps are too, bit for bit.
 
-Faults: an input that cannot be decoded or explained is an error row, never a crash; a killed
-rank loses at most its unfinished shards; the same command again skips finished shards.
+Faults: an input that cannot be decoded or explained is an error row, never a crash; every
+input of a shard ends in its rows or its errors (checked when the shard is written, counted in
+the manifest); a killed rank loses at most its unfinished shards; the same command again skips
+finished shards after checking their sha256.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -31,7 +34,9 @@ from .table import to_table
 #: ``(pixels (N, 3, H, W), texts: N lists) -> N lists of row dicts``. Optional attributes the
 #: engine reads: ``config()`` (recorded in the job's configuration), ``to_table(rows)`` (an Arrow
 #: table of a shard's rows; default :func:`.table.to_table`), ``text_maps`` (default schema with
-#: word maps), ``splits_texts`` (``False``: a failing image is not retried text by text).
+#: word maps), ``splits_texts`` (``False``: a failing image is not retried text by text),
+#: ``refused_texts(texts) -> {text: reason}`` (texts it must not explain, e.g. longer than the
+#: model's context: error rows with ``"code": "text_too_long"``).
 BatchExplainer = Callable[[torch.Tensor, Sequence[Sequence[str]]], List[List[Dict[str, Any]]]]
 Rows = List[Dict[str, Any]]
 
@@ -57,6 +62,11 @@ class WorkInput:
     pixels: Optional[torch.Tensor] = None
     texts: Tuple[str, ...] = ()
     error: Optional[str] = None
+    #: each text's position among the image's texts (default: 0, 1, ...)
+    positions: Optional[Tuple[int, ...]] = None
+
+    def position(self, j: int) -> int:
+        return j if self.positions is None or j >= len(self.positions) else self.positions[j]
 
 
 class _Safe:
@@ -78,6 +88,11 @@ class _Safe:
             return WorkInput(i, key_of(self.dataset, i), error=_reason(e))
 
 
+def _no_texts(x: WorkInput) -> WorkInput:
+    """An input without texts is an error (e.g. an empty ``"texts"`` list in a pairs file)."""
+    return WorkInput(x.index, x.key, error="no texts to explain this image for (an empty texts list)")
+
+
 def _reason(e: Exception) -> str:
     """An error row's reason: a user error's message, else the exception's type and message."""
     return str(e) if isinstance(e, CLIError) else f"{type(e).__name__}: {e}"
@@ -95,6 +110,7 @@ class _Shard:
     left: int
     rows: Rows = field(default_factory=list)
     errors: Rows = field(default_factory=list)
+    inputs: List[WorkInput] = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
 
 
@@ -107,10 +123,16 @@ def _batches(shards: List[range], batch_size: int) -> List[List[int]]:
     return [list(r[s:s + batch_size]) for r in shards for s in range(0, len(r), batch_size)]
 
 
-def _error(key: Optional[str], reason: str, text: Optional[str] = None) -> Dict[str, Any]:
-    rec = {"image": key, "error": reason}
+def _error(key: Optional[str], reason: str, text: Optional[str] = None, index: Optional[int] = None,
+           code: Optional[str] = None) -> Dict[str, Any]:
+    """An error record; ``index`` (the input's, kept in memory only) ties it to its input."""
+    rec: Dict[str, Any] = {"image": key, "error": reason}
     if text is not None:
         rec["text"] = text
+    if code is not None:
+        rec["code"] = code
+    if index is not None:
+        rec["_input"] = index
     return rec
 
 
@@ -135,21 +157,22 @@ def _attempt(explain: BatchExplainer, inputs: Sequence[WorkInput]) -> Tuple[Opti
         rows = explain(torch.stack([x.pixels for x in inputs]), [list(x.texts) for x in inputs])
     except Exception as e:  # the caller falls back to smaller calls
         return None, e
-    return [{**r, "image": x.key, "text_index": j} for x, rs in zip(inputs, rows) for j, r in enumerate(rs)], None
+    return [{**r, "image": x.key, "text_index": x.position(j), "_input": x.index}
+            for x, rs in zip(inputs, rows) for j, r in enumerate(rs)], None
 
 
 def _text_by_text(explain: BatchExplainer, x: WorkInput, failure: Exception) -> Outcome:
     """One image whose call failed with ``failure``: its texts one at a time, or (an explainer
     with ``splits_texts = False``, whose texts go together) one error row for the image."""
     if not getattr(explain, "splits_texts", True):
-        return Outcome(errors=[_error(x.key, _reason(failure))], failure=failure)
+        return Outcome(errors=[_error(x.key, _reason(failure), index=x.index)], failure=failure)
     out = Outcome()
     for j, t in enumerate(x.texts):
-        rows, e = _attempt(explain, [WorkInput(x.index, x.key, x.pixels, (t,))])
+        rows, e = _attempt(explain, [WorkInput(x.index, x.key, x.pixels, (t,), positions=(x.position(j),))])
         if rows is None:
-            out.add(Outcome(errors=[_error(x.key, _reason(e), t)], failure=e))
+            out.add(Outcome(errors=[_error(x.key, _reason(e), t, x.index)], failure=e))
         else:
-            out.rows += [{**rows[0], "text_index": j}]
+            out.rows += rows[:1]
     return out
 
 
@@ -187,9 +210,11 @@ class _Runner:
         torch.manual_seed(records[0].index)
         groups: Dict[Tuple[int, ...], List[WorkInput]] = {}
         for x in records:
+            shard.inputs.append(x)
+            x = self._refuse_texts(x, shard) if x.error is None else x
             if x.error is not None:
-                shard.errors.append(_error(x.key, x.error))
-            else:
+                shard.errors.append(_error(x.key, x.error, index=x.index))
+            elif x.texts:
                 groups.setdefault(tuple(x.pixels.shape), []).append(x)
         for good in groups.values():
             got = explain_group(self.explain, good)
@@ -203,13 +228,58 @@ class _Runner:
             self.rows_done += len(got.rows)
         shard.left -= len(records)
 
+    def _refuse_texts(self, x: WorkInput, shard: _Shard) -> WorkInput:
+        """``x`` without the texts the explainer refuses (error rows), or an error if it has none."""
+        if not x.texts:
+            return _no_texts(x)
+        refuse = getattr(self.explain, "refused_texts", None)
+        refused = refuse(x.texts) if refuse is not None else {}
+        if not refused:
+            return x
+        keep = [j for j, t in enumerate(x.texts) if t not in refused]
+        shard.errors += [_error(x.key, refused[t], t, x.index, "text_too_long") for t in x.texts if t in refused]
+        return WorkInput(x.index, x.key, x.pixels, tuple(x.texts[j] for j in keep), positions=tuple(keep))
+
     def finish(self, shard: _Shard, rank: int) -> None:
-        store.write_shard(self.out, shard.index, self.to_table(shard.rows), shard.errors)
+        inputs = account_for(shard, getattr(self.explain, "splits_texts", True))
+        rows = [{k: v for k, v in r.items() if k != "_input"} for r in shard.rows]
+        errors = [{k: v for k, v in e.items() if k != "_input"} for e in shard.errors]
+        store.write_shard(self.out, shard.index, self.to_table(rows), errors, inputs)
         self.written += 1
         print(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "shard": shard.index, "rows": len(shard.rows),
                           "errors": len(shard.errors), "seconds": round(time.perf_counter() - shard.t0, 3)}),
               file=self.log, flush=True)
         after_shard(rank, self.written)
+
+
+def account_for(shard: _Shard, per_text: bool = True) -> Dict[str, Optional[int]]:
+    """What became of the shard's inputs (see :data:`.store.INPUT_COUNTS`); an input with
+    neither a row nor an error (an explainer that returned fewer rows than texts) gets an error
+    row here, so that no input is lost without a word. ``per_text=False`` (an explainer whose rows
+    are not one per text, ``splits_texts = False``): images only."""
+    with_rows = {r["_input"] for r in shard.rows}
+    if not per_text:
+        for x in shard.inputs:
+            if x.index not in with_rows and not any(e["_input"] == x.index for e in shard.errors):
+                shard.errors.append(_error(x.key, "the explainer returned no row for this image", index=x.index))
+        images = len(shard.inputs)
+        return {"images": images, "images_with_rows": len(with_rows), "images_only_in_errors": images - len(with_rows),
+                "texts": None, "rows": len(shard.rows), "text_errors": None}
+    failed = {e["_input"] for e in shard.errors if "text" not in e}
+    covered = {(r["_input"], r["text_index"]) for r in shard.rows}
+    text_errors = {(e["_input"], e["text"]) for e in shard.errors if "text" in e}
+    texts = 0
+    for x in shard.inputs:
+        if x.error is not None or x.index in failed:
+            continue
+        texts += len(x.texts)
+        for j, t in enumerate(x.texts):
+            if (x.index, j) not in covered and (x.index, t) not in text_errors:
+                shard.errors.append(_error(x.key, "the explainer returned no row for this text", t, x.index))
+                text_errors.add((x.index, t))
+    images = len(shard.inputs)
+    return {"images": images, "images_with_rows": len(with_rows), "images_only_in_errors": images - len(with_rows),
+            "texts": texts, "rows": len(shard.rows), "text_errors": len(text_errors)}
 
 
 def _loader(dataset: Any, batches: List[List[int]], num_workers: int) -> Iterator[List[WorkInput]]:
@@ -252,6 +322,46 @@ def start(out: Path, config: Dict[str, Any], ranks: "dist.Ranks") -> None:
         raise store.ScaleError(message)
 
 
+@contextmanager
+def prepared(out: Path, config: Dict[str, Any], ranks: "dist.Ranks") -> Iterator[None]:
+    """``with prepared(out, config, ranks):`` :func:`start`, then the checks that need the model;
+    if the block fails (a validation error, a model that does not load), what :func:`start`
+    wrote is removed again (:func:`.store.unprepare`), so that the corrected command is not
+    refused as another job.
+
+    Raises:
+        ScaleError: as :func:`start`; and what the block raises.
+    """
+    fresh = ranks.rank == 0 and not (out / "config.json").exists()
+    made_out = not out.exists()
+    start(out, config, ranks)
+    try:
+        yield
+    except BaseException:
+        if fresh:
+            store.unprepare(out, made_out)
+        raise
+
+
+def _check_finished(out: Path, shards: int, ranks: "dist.Ranks") -> None:
+    """Rank 0 checks every finished shard's sha256 before any work; every rank raises its error.
+
+    Raises:
+        DamagedShard: a finished shard is not the one written (one line: which, and what to do).
+    """
+    message = None
+    if ranks.rank == 0:
+        try:
+            for i in range(shards):
+                if store.is_done(out, i):
+                    store.verify(out, i)
+        except store.DamagedShard as e:
+            message = str(e)
+    message = ranks.broadcast(message)
+    if message:
+        raise store.DamagedShard(message)
+
+
 def _progress(total: int, ranks: "dist.Ranks", enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -266,9 +376,11 @@ def run(dataset: Any, explainer: BatchExplainer, out: Path, ranks: "dist.Ranks",
     ``images``, ``wall_s``, ``images_per_s``, ``skipped_shards``).
 
     Raises:
-        ScaleError: a shard is missing at the end.
+        ScaleError: a shard is missing at the end, the disk is full, the inputs do not add up.
+        DamagedShard: a finished shard is not the one written (checked before any work).
     """
     shards = plan(len(dataset), shard_size)
+    _check_finished(out, len(shards), ranks)
     mine = [i for i in range(len(shards)) if i % ranks.world == ranks.rank]
     todo = [i for i in mine if not store.is_done(out, i)]
     runner = _Runner(explainer, out, open(out / "logs" / f"rank-{ranks.rank}.log", "a"))
@@ -304,7 +416,7 @@ def run(dataset: Any, explainer: BatchExplainer, out: Path, ranks: "dist.Ranks",
                "world_size": ranks.world}
     if manifest is not None:
         summary.update(pairs=manifest["totals"]["rows"], errors=manifest["totals"]["errors"],
-                       shards=manifest["totals"]["shards"])
+                       shards=manifest["totals"]["shards"], texts_too_long=manifest["warnings"]["texts_too_long"])
     return summary
 
 

@@ -65,6 +65,21 @@ def _rows(maps: Tensor, scores: Tensor, columns: Dict[str, int], texts: Sequence
             for n, ts in enumerate(texts)]
 
 
+def token_count(clip: "LoadedCLIP", text: str) -> Tuple[int, Optional[int]]:
+    """``(tokens of text with its start and end tokens, the text tower's context)``; the context
+    is ``None`` where this tokenizer does not tell (then nothing is refused)."""
+    tok = clip.tokenizer
+    if hasattr(tok, "model_max_length") and callable(tok):  # Hugging Face
+        config = getattr(getattr(clip.model, "config", None), "text_config", None)
+        limit = getattr(config, "max_position_embeddings", None) or tok.model_max_length
+        return len(tok(text, truncation=False, verbose=False).input_ids), limit
+    inner = getattr(tok, "tokenizer", tok)  # open_clip / OpenAI: SimpleTokenizer with .encode
+    limit = getattr(tok, "context_length", None) or getattr(inner, "context_length", None)
+    if limit is None or not hasattr(inner, "encode"):
+        return 0, None
+    return len(inner.encode(text)) + 2, limit
+
+
 class AttributeAllExplainer:
     """Any attribution with ``attribute_all(pixels (N, 3, H, W)) -> (N, K, h, w)`` whose ``K``
     columns are the fixed ``texts``: every image of the dataset must ask for texts among them.
@@ -138,6 +153,7 @@ class CLIPExplainer:
         self.clip, self.options, self.device = clip, ExplainerOptions(**options), torch.device(device)
         self.text_maps = self.options.text_maps
         self._cached: Dict[Tuple[str, ...], Any] = {}
+        self._lengths: Dict[str, Tuple[int, Optional[int]]] = {}
 
     @staticmethod
     def describe(**options: Any) -> Dict[str, Any]:
@@ -148,6 +164,20 @@ class CLIPExplainer:
     def config(self) -> Dict[str, Any]:
         """:meth:`describe` of this explainer's options."""
         return self.options.describe()
+
+    def refused_texts(self, texts: Sequence[str]) -> Dict[str, str]:
+        """The texts longer than the text tower's context (the tokenizer would cut them, and the
+        map would be of another text than the row says), each with the reason: the engine makes
+        them error rows (``"code": "text_too_long"``) and counts them in the manifest."""
+        out = {}
+        for t in texts:
+            if t not in self._lengths:
+                self._lengths[t] = token_count(self.clip, t)
+            n, limit = self._lengths[t]
+            if limit is not None and n > limit:
+                out[t] = (f"the text is {n} tokens, longer than the model's context of {limit}: it would be "
+                          "explained cut short; shorten it")
+        return out
 
     def _tokens(self, texts: Sequence[str]) -> Tuple[Tensor, Optional[Tensor]]:
         ids, mask = self.clip.tokens(texts)
