@@ -101,7 +101,10 @@ def prepare(out: Path, config: Dict[str, Any]) -> Optional[str]:
             return (f"{out} holds another job (its config.json differs: {_diff(have.get('config', {}), config)}); "
                     "rerun with the same options to resume it, or give a new --out")
     else:
-        _atomic_write(cfg, (json.dumps(want, indent=1, sort_keys=True) + "\n").encode())
+        try:
+            _atomic_write(cfg, (json.dumps(want, indent=1, sort_keys=True) + "\n").encode())
+        except OSError as e:
+            return f"cannot write {cfg}: {e.strerror or e}; free space or choose a folder you can write to"
     for folder in (out, out / "errors", out / "sums"):
         for tmp in folder.glob(".*.tmp-*"):
             tmp.unlink(missing_ok=True)
