@@ -245,13 +245,17 @@ def finalize(out: Path, n_shards: int, extra: Dict[str, Any]) -> Dict[str, Any]:
         shards.append({"file": p.name, "rows": pq.ParquetFile(p).metadata.num_rows,
                        "errors": len(lines), "sha256": digest,
                        "inputs": (recorded_sum(out, i) or {}).get("inputs")})
-    _atomic_write(out / "errors.jsonl", "".join(e + "\n" for e in errors).encode())
     config = json.loads((out / "config.json").read_text())
     too_long = sum('"code": "text_too_long"' in e for e in errors)
     manifest = {**config, **extra, "shards": shards,
                 "totals": {"shards": n_shards, "rows": sum(s["rows"] for s in shards), "errors": len(errors)},
                 "inputs": account(shards, config["config"].get("items")), "warnings": {"texts_too_long": too_long}}
-    _atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    try:
+        _atomic_write(out / "errors.jsonl", "".join(e + "\n" for e in errors).encode())
+        _atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    except OSError as e:
+        raise ScaleError(f"cannot write the manifest of --out {out}: {e.strerror or e}; free space and rerun the "
+                         "same command (every shard is done: it only writes the manifest)") from None
     return manifest
 
 
