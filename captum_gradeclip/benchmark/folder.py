@@ -147,7 +147,7 @@ def run_folder(cfg: FolderConfig) -> Optional[dict]:
     from .._io import CLIError
     from ..models import load
     from ..scale.data import ImageFolderDataset, WorkItem
-    from ..scale.engine import job_config, run, start
+    from ..scale.engine import job_config, prepared, run
     from ..scale.store import require_pyarrow
     from .methods import image_methods, select
 
@@ -155,10 +155,10 @@ def run_folder(cfg: FolderConfig) -> Optional[dict]:
     prompts, files = folder_inputs(cfg)
     out = Path(cfg.out_dir) / "curves"
     with dist.session("cpu") as ranks:
-        start(out, job_config(_config(cfg, prompts, files), len(files), SHARD_SIZE, cfg.batch), ranks)
-        clip = load(cfg.model, cfg.open_clip)
-        sim = clip.image_similarity(*clip.tokens(prompts))
-        explainer = FaithfulnessExplainer(sim, select(image_methods(clip, sim), cfg.methods), cfg.faithfulness)
+        with prepared(out, job_config(_config(cfg, prompts, files), len(files), SHARD_SIZE, cfg.batch), ranks):
+            clip = load(cfg.model, cfg.open_clip)  # a failure here leaves no state in --out-dir
+            sim = clip.image_similarity(*clip.tokens(prompts))
+            explainer = FaithfulnessExplainer(sim, select(image_methods(clip, sim), cfg.methods), cfg.faithfulness)
         items = [WorkItem(f.name, tuple(prompts)) for f in files]
         summary = run(ImageFolderDataset(Path(cfg.images), items, clip.pixels), explainer, out, ranks,
                       batch_size=cfg.batch, shard_size=SHARD_SIZE, num_workers=1)
