@@ -125,8 +125,10 @@ class _ToyFamily(LoadedCLIP):
     family: ClassVar[str] = "toy"
 
     def pixels(self, images):
-        return torch.stack([torch.tensor(list(im.convert("RGB").resize((32, 32)).getdata()), dtype=torch.float32)
-                            .view(32, 32, 3).permute(2, 0, 1) / 255 for im in images])
+        import numpy as np
+
+        return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.float32))
+                            .permute(2, 0, 1) / 255 for im in images])
 
     def tokens(self, texts):
         return self.tokenizer(texts), None
