@@ -73,3 +73,17 @@ def test_pairs_file_with_phrases_auto_keeps_and_reports_captions_without_phrases
     assert unphrased(samples) == ["1.png"]
     with pytest.raises(ValueError, match="phrases must be one of"):
         read_pairs(f, phrases="mined")
+
+
+def test_offline_miner_writes_phrases_and_texts_and_reports_empties(tmp_path, capsys):
+    from captum_gradeclip.finetune.phrases import main
+
+    src, out = tmp_path / "p.jsonl", tmp_path / "q.jsonl"
+    src.write_text(json.dumps({"image": "0.png", "caption": "a red circle and a blue bar"}) + "\n"
+                   + json.dumps({"image": "1.png", "caption": "nothing known here"}) + "\n"
+                   + json.dumps({"image": "2.png", "caption": "a red circle", "phrases": ["circle"]}) + "\n")
+    main([str(src), "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["phrases"] for r in rows] == [["red circle", "blue bar"], [], ["circle"]]
+    assert [r["texts"] for r in rows] == [r["phrases"] for r in rows]
+    assert "1 without a phrase (lines [2]" in capsys.readouterr().err

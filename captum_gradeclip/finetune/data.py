@@ -161,7 +161,7 @@ def _read_line(line: str, where: str, root: Path, separator: Optional[str], mode
         phrases = mine_phrases(caption)
     else:
         phrases = []
-    phrases = check_phrases(caption, phrases, where, allow_empty=mode == "auto" and "phrases" not in row)
+    phrases = check_phrases(caption, phrases, where, allow_empty=mode == "auto")
     path = Path(row["image"])
     try:
         image = open_image(str(path if path.is_absolute() else root / path))
@@ -176,8 +176,8 @@ def read_pairs(path: "str | Path", separator: Optional[str] = None, phrases: str
     Args:
         path: the file. separator: split captions without ``"phrases"`` on it.
         phrases: ``"given"`` (each caption needs ``"phrases"`` or a ``separator``) or ``"auto"``
-            (captions without either get :func:`~.phrases.mine_phrases`; those that yield none
-            are kept with no phrases: list them with :func:`unphrased`).
+            (captions without either get :func:`~.phrases.mine_phrases`; those that yield none,
+            or whose ``"phrases"`` is empty, are kept with no phrases: list them with :func:`unphrased`).
 
     Raises:
         DataError: a missing file, a bad line, a caption without phrases (``"given"``), a phrase

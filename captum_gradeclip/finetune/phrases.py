@@ -11,11 +11,18 @@ a span of the caption (checked); repeats are dropped (case-insensitive), the fir
 No NLP model and no download: this runs offline and in CI. What it cannot see (words outside the
 lexicon) it leaves out; captions that yield no phrase are reported (:class:`MinedPhrases`'s
 ``empty``), never dropped silently.
+
+Offline, for a pairs file whose maps ``explain-dataset`` mines first (``"texts"``: the phrases)::
+
+    python -m captum_gradeclip.finetune.phrases pairs.jsonl --out phrased.jsonl
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import FrozenSet, List, Optional, Sequence, Tuple
 
@@ -149,3 +156,29 @@ def mine_captions(captions: Sequence[str], *, max_phrases: int = MAX_PHRASES,
     """:func:`mine_phrases` of every caption, with the indices of those that yield none."""
     phrases = [mine_phrases(c, max_phrases=max_phrases, lexicon=lexicon) for c in captions]
     return MinedPhrases(phrases, [i for i, p in enumerate(phrases) if not p])
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Add mined ``"phrases"`` (and the same as ``"texts"``, for ``explain-dataset --pairs``) to
+    each line of a pairs file that has no ``"phrases"``; report the captions that yield none."""
+    ap = argparse.ArgumentParser(description="mine adjective(s) + noun phrases of a pairs file's captions")
+    ap.add_argument("pairs", help='JSON lines {"image": ..., "caption": ...}')
+    ap.add_argument("--out", required=True, help="the pairs with \"phrases\" and \"texts\"")
+    ap.add_argument("--max-phrases", type=int, default=MAX_PHRASES)
+    args = ap.parse_args(argv)
+    rows = [json.loads(line) for line in open(args.pairs, encoding="utf-8") if line.strip()]
+    empty = []
+    with open(args.out, "w", encoding="utf-8") as f:
+        for n, row in enumerate(rows, 1):
+            if "phrases" not in row:
+                row["phrases"] = mine_phrases(row["caption"], max_phrases=args.max_phrases)
+            row.setdefault("texts", row["phrases"])
+            if not row["phrases"]:
+                empty.append(n)
+            f.write(json.dumps(row) + "\n")
+    print(f"{len(rows)} pairs, {len(empty)} without a phrase (lines {empty[:20]}{' ...' if len(empty) > 20 else ''}; "
+          "kept, read them with --phrases auto)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
