@@ -66,7 +66,7 @@ class FinetuneConfig:
     captions: str = "mixed"
     confidence: bool = False
     focal_gamma: float = 0.0
-    region_form: str = "softmax"
+    region_form: str = "sigmoid"
     momentum: float = 0.0
     distill: float = 0.0
     freeze_projection: bool = False
