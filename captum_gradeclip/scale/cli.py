@@ -79,7 +79,7 @@ def cmd_explain_dataset(args: argparse.Namespace) -> None:
         summary = run(dataset, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
                       num_workers=args.workers, progress=not args.no_progress)
     if ranks.rank == 0:
-        print(f"{out}: {summary['images']} images, {summary['pairs']} pairs, {summary['errors']} errors; "
+        print(f"{out}: {summary['images']} images, {summary['pairs']} pairs, {summary['errors']} error{'' if summary['errors'] == 1 else 's'}; "
               f"this run: {summary['images_this_run']} images in {summary['wall_s']:.1f} s "
               f"({summary['images_per_s']:.2f} images/s on {summary['world_size']} process(es)), "
               f"{summary['skipped_shards']} shard(s) already done", file=sys.stderr)
