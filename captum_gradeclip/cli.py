@@ -179,6 +179,9 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .analysis.cli import add_parser as add_analyze
+    from .app.cli import add_parser as add_app
+    from .app.cli import add_report_parser as add_report
     from .benchmark import add_parser as add_benchmark
     from .finetune.cli import add_parser as add_finetune
     from .scale.cli import add_parser as add_explain_dataset
@@ -206,6 +209,9 @@ def _parser() -> argparse.ArgumentParser:
     add_benchmark(sub)
     add_finetune(sub)
     add_explain_dataset(sub)
+    add_analyze(sub)
+    add_app(sub)
+    add_report(sub)
     return ap
 
 

@@ -29,14 +29,16 @@ pytest.importorskip("pyarrow")
 from scale_helpers import make_folder, rows_by_pair  # noqa: E402
 
 from captum_gradeclip.cli import main  # noqa: E402
-from captum_gradeclip.scale.engine import KILL_ENV  # noqa: E402
 
 JOB = ["--workers", "0", "--no-progress", "--batch-size", "2", "--shard-size", "2"]
 
 
-def _torchrun(images: Path, prompts: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
+def _torchrun(images: Path, prompts: Path, out: Path, kill: str = "", **env: str) -> subprocess.CompletedProcess:
+    """``kill="RANK:N"``: through the engine's fault seam (tests/scale_fault.py), rank RANK
+    SIGKILLs itself after writing N shards."""
+    entry = [str(Path(__file__).with_name("scale_fault.py")), "kill", kill] if kill else ["-m", "captum_gradeclip"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "captum_gradeclip", "explain-dataset", "--images", str(images), "--prompts", str(prompts),
+           *entry, "explain-dataset", "--images", str(images), "--prompts", str(prompts),
            "--out", str(out), *JOB]
     return subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
@@ -99,7 +101,7 @@ def test_two_processes_give_the_rows_of_one(job):
 def test_killed_run_resumes_with_every_pair_once(job):
     images, prompts, root, one = job
     out = root / "killed"
-    r = _torchrun(images, prompts, out, **{KILL_ENV: "1:1"})  # rank 1 SIGKILLs itself after 1 shard
+    r = _torchrun(images, prompts, out, kill="1:1")  # rank 1 SIGKILLs itself after 1 shard
     assert r.returncode != 0
     assert not (out / "manifest.json").exists()
     done = sorted(p.name for p in out.glob("shard-*.parquet"))
