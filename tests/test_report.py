@@ -83,7 +83,8 @@ def test_report_of_a_folder_benchmark(tmp_path):
     from captum_gradeclip.shapes import render_scene
 
     out = tmp_path / "bench"
-    (out / "curves" / "errors").mkdir(parents=True)
+    for sub in ("errors", "sums"):  # the folders the engine makes before its first shard
+        (out / "curves" / sub).mkdir(parents=True)
     images = tmp_path / "images"
     images.mkdir()
     rows = []
@@ -95,7 +96,10 @@ def test_report_of_a_folder_benchmark(tmp_path):
                          "seconds": 0.01, "deletion_auc": 0.2, "insertion_auc": auc + bonus, "deletion_acc_auc": 0.5,
                          "insertion_acc_auc": 0.5, "deletion": curve, "insertion": curve,
                          "deletion_accuracy": curve, "insertion_accuracy": curve})
-    write_shard(out / "curves", 0, FaithfulnessExplainer.to_table(rows), [{"image": "bad.png", "error": "truncated"}])
+    inputs = {"images": 4, "images_with_rows": 3, "images_only_in_errors": 1, "texts": None, "rows": len(rows),
+              "text_errors": None}  # what the engine records per shard (scale.store.INPUT_COUNTS)
+    write_shard(out / "curves", 0, FaithfulnessExplainer.to_table(rows), [{"image": "bad.png", "error": "truncated"}],
+                inputs)
     (out / "benchmark.json").write_text(json.dumps({"image": {"Grad-ECLIP": {"insertion_auc": 0.5}}}))
     job = read_job(out, ReportCaps(best=1, sample=0))
     assert job.kind == "benchmark" and job.group == "method"

@@ -123,7 +123,7 @@ def _explain_dataset(args: argparse.Namespace, out: Path) -> None:
                       num_workers=args.workers, progress=not args.no_progress)
     if ranks.rank == 0:
         too_long = summary.get("texts_too_long", 0)
-        print(f"{out}: {summary['images']} images, {summary['pairs']} pairs, {summary['errors']} errors"
+        print(f"{out}: {summary['images']} images, {summary['pairs']} pairs, {summary['errors']} error{'' if summary['errors'] == 1 else 's'}"
               f"{f' ({too_long} texts longer than the model context)' if too_long else ''}; "
               f"this run: {summary['images_this_run']} images in {summary['wall_s']:.1f} s "
               f"({summary['images_per_s']:.2f} images/s on {summary['world_size']} process(es)), "

@@ -6,7 +6,8 @@ The ``n`` items of a dataset (sorted by whoever built it) are cut into fixed sha
 the world size). Each rank reads the images of its unfinished shards through one ``DataLoader``
 (workers decode in the background), in batches that never cross a shard's end, explains each
 batch with the batch explainer (:mod:`.explain`) and writes a shard when its last batch is done.
-Batches are the same whatever the world size, so the maps are too, bit for bit.
+Batches are the same whatever the world size, so the maps are too, to float32 rounding (a
+process's thread count changes the order of float sums, not the batches).
 
 Faults: an input that cannot be decoded or explained is an error row, never a crash; every
 input of a shard ends in its rows or its errors (checked when the shard is written, counted in
