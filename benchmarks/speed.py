@@ -8,6 +8,8 @@ Every cell runs in its own subprocess (a fresh allocator). Reported: median wall
 repeats (the first call, a warm-up, not counted when repeats > 1), the process' peak resident
 memory while the method ran (sampled every millisecond), and that peak above the resident memory
 after the model was built (the memory the method itself needs). Image batch N = 1; T texts.
+``attribute_all_single_head`` is ``attribute_all`` in the authors' reproduction mode
+(``single_head=True``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import subprocess
 import sys
 import time
 
-METHODS = ("forward", "attribute_loop", "attribute_all", "gradcam_loop", "ig50")
+METHODS = ("forward", "attribute_loop", "attribute_all", "attribute_all_single_head", "gradcam_loop", "ig50")
 
 
 def build(quick: bool, size: int, texts: int):
@@ -82,6 +84,7 @@ def run_cell(quick: bool, method: str, size: int, texts: int, repeats: int, back
                                   interpolate_pos_encoding=size != model.config.vision_config.image_size)
         layers = model.vision_model.encoder.layers
     ge = ImageGradECLIP(sim, layers[-1])
+    ge1 = ImageGradECLIP(sim, layers[-1], single_head=True)  # the authors' reproduction mode
     gc = LayerGradCam(sim, layers[-1])
     ig = IntegratedGradients(sim)
 
@@ -93,6 +96,8 @@ def run_cell(quick: bool, method: str, size: int, texts: int, repeats: int, back
             return [ge.attribute(pixels, target=t) for t in range(texts)]
         if method == "attribute_all":
             return ge.attribute_all(pixels)
+        if method == "attribute_all_single_head":
+            return ge1.attribute_all(pixels)
         if method == "gradcam_loop":
             return [gc.attribute(pixels, target=t) for t in range(texts)]
         if method == "ig50":
@@ -137,7 +142,7 @@ def main(argv=None) -> None:
                     continue
                 if method == "forward" and texts != args.texts[0]:
                     continue  # the image forward does not depend on T (text embeddings are cached)
-                reps = args.repeats if method in ("forward", "attribute_all") else 1
+                reps = args.repeats if method.startswith(("forward", "attribute_all")) else 1
                 cmd = [sys.executable, __file__, "--cell", f"{method},{size},{texts},{reps}"]
                 cmd += (["--quick"] if args.quick else []) + ["--backend", args.backend]
                 run = subprocess.run(cmd, capture_output=True, text=True)

@@ -32,6 +32,7 @@ import torch
 
 from captum_gradeclip import ImageGradECLIP
 from captum_gradeclip.benchmark import report as R
+from captum_gradeclip.benchmark.config import FaithfulnessConfig
 from captum_gradeclip.benchmark.protocols import explain_in_batches, score_shapes, shapes_items
 from captum_gradeclip.metrics import mask_iou
 from captum_gradeclip.models import load_shapes
@@ -58,38 +59,42 @@ def configs(n_layers: int) -> List[dict]:
     return out
 
 
-def score(clip, sim, items: List[dict], cfg: dict, step: float, batch: int = 16) -> Dict[str, float]:
+def score(clip, sim, items: List[dict], cfg: dict, step: float, batch: int = 16) -> Dict[R.Metric, float]:
     """Every metric of ``cfg``'s maps on ``items`` (mean over items)."""
     pixels = clip.pixels([it["image"] for it in items])
     targets = torch.tensor([it["target"] for it in items])
     masks = torch.stack([it["mask"] for it in items])
     g = ImageGradECLIP(sim, clip.image_layers[-cfg["last"]:], spatial=cfg["spatial"], single_head=cfg["single_head"])
     maps, seconds = explain_in_batches(lambda x, t: g.attribute(x, target=t), pixels, targets, batch)
-    scores = score_shapes(sim, pixels, maps, targets, masks, seconds,
-                          argparse.Namespace(step=step, replacement="noise"))
-    return {**scores, MIOU.key: mask_iou(maps, masks).mean().item()}
+    scores = score_shapes(sim, pixels, maps, targets, masks, seconds, FaithfulnessConfig(step=step, replacement="noise"))
+    return {**scores, MIOU: mask_iou(maps, masks).mean().item()}
 
 
-def mean_ranks(results: Dict[str, Dict[str, float]], metrics: Sequence[R.Metric]) -> Dict[str, float]:
+def mean_ranks(results: Dict[str, Dict[R.Metric, float]], metrics: Sequence[R.Metric]) -> Dict[str, float]:
     """Each configuration's mean rank (1 = best) over ``metrics``, ties sharing the lower rank."""
     ranks = {name: 0.0 for name in results}
     for m in metrics:
         sign = 1 if m.lower_is_better else -1
-        values = sorted(sign * r[m.key] for r in results.values())
+        values = sorted(sign * r[m] for r in results.values())
         for name, r in results.items():
-            ranks[name] += 1 + values.index(sign * r[m.key])
+            ranks[name] += 1 + values.index(sign * r[m])
     return {name: v / len(metrics) for name, v in ranks.items()}
 
 
-def table(results: Dict[str, Dict[str, float]], ranks: Dict[str, float] = None) -> str:
+def table(results: Dict[str, Dict[R.Metric, float]], ranks: Dict[str, float] = None) -> str:
     """Markdown: one row per configuration (sorted by mean rank where given)."""
     names = sorted(results, key=lambda n: ranks[n]) if ranks else list(results)
     head = "| configuration | " + " | ".join(c.heading for c in COLUMNS) + (" | mean rank |" if ranks else " |")
     lines = [head, "|---" * (len(COLUMNS) + 1 + bool(ranks)) + "|"]
     for n in names:
-        cells = [f"{results[n][c.key]:.3f}" for c in COLUMNS] + ([f"{ranks[n]:.1f}"] if ranks else [])
+        cells = [f"{results[n][c]:.3f}" for c in COLUMNS] + ([f"{ranks[n]:.1f}"] if ranks else [])
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _json(results: Dict[str, Dict[R.Metric, float]]) -> Dict[str, Dict[str, float]]:
+    """configuration -> metric key -> value, as ``--out`` holds them."""
+    return {n: {m.key: v for m, v in r.items()} for n, r in results.items()}
 
 
 def main(argv=None) -> None:
@@ -126,10 +131,10 @@ def main(argv=None) -> None:
     print(table(reported))
     with open(args.out, "w") as f:
         json.dump(dict(choose=dict(seeds=[args.choose_seed, args.choose_seed + args.choose_n - 1],
-                                   objects=len(choose_items), step=args.choose_step, results=chosen_res,
+                                   objects=len(choose_items), step=args.choose_step, results=_json(chosen_res),
                                    mean_rank=all_ranks, chosen=best),
                        report=dict(seeds=[0, args.report_n - 1], objects=len(report_items), step=args.report_step,
-                                   results=reported)), f, indent=2)
+                                   results=_json(reported))), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,26 @@
 """Loading a CLIP for the command line and the benchmark, and finding its towers' layers.
 
-The one place that knows the two model families the command line supports:
+The one place that knows the model families the command line supports, one small class each,
+chosen once at load time:
 
-- ``"hf"``: a Hugging Face ``transformers.CLIPModel`` with its ``CLIPProcessor`` (the shipped
-  ShapesCLIP is one);
-- ``"open_clip"``: an open_clip (or OpenAI ``clip``) model with its preprocess transform and
-  tokenizer. open_clip is an optional extra, imported by :func:`load_open_clip` only.
+- :class:`HFCLIP` (``family == "hf"``): a Hugging Face ``transformers.CLIPModel`` with its
+  ``CLIPProcessor`` (the shipped ShapesCLIP is one);
+- :class:`OpenCLIP` (``family == "open_clip"``): an open_clip model, or an OpenAI ``clip`` one (the
+  same towers and modules), with its preprocess transform and tokenizer. open_clip is an optional
+  extra, imported by :func:`load_open_clip` only;
+- any family registered with :func:`register_family`: ``--model PREFIX:SPEC`` loads it.
 
 A :class:`LoadedCLIP` bundles the model with how to make its inputs, the layers the explanation
 methods hook and the forward functions they explain, so that callers never ask which family.
+A new family is one subclass implementing its methods (see :class:`LoadedCLIP`), a loader, and
+one :func:`register_family` call.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 from . import hub
 from ._io import CLIError
@@ -34,13 +39,17 @@ class ModelError(CLIError):
 
 @dataclass(frozen=True)
 class LoadedCLIP:
-    """A CLIP model with everything the command line and the benchmark need to explain it.
+    """A CLIP model with everything the command line and the benchmark need to explain it: the
+    family-neutral base. A family subclasses it (``@dataclass(frozen=True)``, ``family`` set as a
+    ``ClassVar``) and implements :meth:`pixels`, :meth:`tokens`,
+    :meth:`decode`, :attr:`text_layers`, :attr:`token_embedding`, :meth:`image_similarity` and
+    :meth:`text_similarity`; the fields below are filled by its loader.
 
     Attributes:
         model: the CLIP, in eval mode.
-        family: ``"hf"`` (``transformers.CLIPModel``) or ``"open_clip"`` (open_clip / OpenAI CLIP).
-        preprocess: ``"hf"``: the ``CLIPProcessor``; ``"open_clip"``: the image transform
-            (PIL image -> ``(3, H, W)``).
+        family: the family's name (a class attribute): ``"hf"``, ``"open_clip"``, ...
+        preprocess: how the family makes pixels: ``"hf"``: the ``CLIPProcessor``;
+            ``"open_clip"``: the image transform (PIL image -> ``(3, H, W)``).
         tokenizer: ``"hf"``: the processor's tokenizer; ``"open_clip"``: the package's tokenizer
             (``T`` texts -> ``(T, L)`` ids).
         image_layers: the image tower's attention layers, in order: every ViT block, or
@@ -51,8 +60,9 @@ class LoadedCLIP:
         patch_size: a patch's side in pixels (a ResNet's total stride, 32), for occlusion windows.
     """
 
+    family: ClassVar[str] = ""
+
     model: "nn.Module"
-    family: str
     preprocess: Any
     tokenizer: Any
     image_layers: List["nn.Module"]
@@ -62,81 +72,142 @@ class LoadedCLIP:
 
     def pixels(self, images: Sequence["Image.Image"]) -> "Tensor":
         """``N`` PIL images -> the model's input ``(N, 3, H, W)``."""
-        if self.family == "hf":
-            return self.preprocess(images=list(images), return_tensors="pt").pixel_values
+        raise NotImplementedError
+
+    def tokens(self, texts: Sequence[str]) -> Tuple["Tensor", Optional["Tensor"]]:
+        """``T`` texts -> ``(input_ids (T, L), attention_mask (T, L) or None)``."""
+        raise NotImplementedError
+
+    def decode(self, input_ids: "Tensor") -> List[str]:
+        """``(L,)`` ids -> the ``L`` tokens as readable words, for labels."""
+        raise NotImplementedError
+
+    @property
+    def text_layers(self) -> List["nn.Module"]:
+        """The text tower's attention blocks, in order."""
+        raise NotImplementedError
+
+    @property
+    def token_embedding(self) -> "nn.Module":
+        """The text tower's token embedding (``nn.Embedding``), e.g. for Captum's
+        ``LayerIntegratedGradients``."""
+        raise NotImplementedError
+
+    def image_similarity(self, input_ids: "Tensor", attention_mask: Optional["Tensor"] = None) -> "nn.Module":
+        """The forward function ``pixels (N, 3, H, W) -> (N, T)`` cosine similarity with ``T`` texts
+        given as ``input_ids (T, L)`` (and, where the family takes one, ``attention_mask (T, L)``)."""
+        raise NotImplementedError
+
+    def text_similarity(self, pixels: "Tensor") -> "nn.Module":
+        """The forward function ``input_ids (T, L) [, attention_mask (T, L)] -> (T, N)`` cosine
+        similarity with ``N`` images given as ``pixels (N, 3, H, W)``; it has
+        ``eos_positions(input_ids (T, L)) -> (T,)``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class HFCLIP(LoadedCLIP):
+    """A Hugging Face ``transformers.CLIPModel`` with its ``CLIPProcessor`` (ShapesCLIP is one)."""
+
+    family: ClassVar[str] = "hf"
+
+    def pixels(self, images: Sequence["Image.Image"]) -> "Tensor":
+        """``N`` PIL images -> ``(N, 3, H, W)`` through the processor."""
+        return self.preprocess(images=list(images), return_tensors="pt").pixel_values
+
+    def tokens(self, texts: Sequence[str]) -> Tuple["Tensor", Optional["Tensor"]]:
+        """``T`` texts -> ``(input_ids (T, L), attention_mask (T, L))``, padded to the longest."""
+        tok = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+        return tok.input_ids, tok.attention_mask
+
+    def decode(self, input_ids: "Tensor") -> List[str]:
+        """``(L,)`` ids -> the ``L`` tokens as readable words."""
+        from .visualization import words_of
+
+        return words_of(self.tokenizer, input_ids)
+
+    @property
+    def text_layers(self) -> List["nn.Module"]:
+        """The text encoder's ``L`` layers."""
+        return list(self.model.text_model.encoder.layers)
+
+    @property
+    def token_embedding(self) -> "nn.Module":
+        """``text_model.embeddings.token_embedding``."""
+        return self.model.text_model.embeddings.token_embedding
+
+    def image_similarity(self, input_ids: "Tensor", attention_mask: Optional["Tensor"] = None) -> "nn.Module":
+        """:class:`~captum_gradeclip.forward.ImageTextSimilarity`: ``(N, 3, H, W) -> (N, T)``."""
+        from .forward import ImageTextSimilarity
+
+        return ImageTextSimilarity(self.model, input_ids=input_ids, attention_mask=attention_mask)
+
+    def text_similarity(self, pixels: "Tensor") -> "nn.Module":
+        """:class:`~captum_gradeclip.forward.TextImageSimilarity`: ``(T, L) [, (T, L)] -> (T, N)``."""
+        from .forward import TextImageSimilarity
+
+        return TextImageSimilarity(self.model, pixel_values=pixels)
+
+
+@dataclass(frozen=True)
+class OpenCLIP(LoadedCLIP):
+    """An open_clip or OpenAI ``clip`` model with its image transform and tokenizer (the tokenizer
+    pads to the context length and takes no mask)."""
+
+    family: ClassVar[str] = "open_clip"
+
+    def pixels(self, images: Sequence["Image.Image"]) -> "Tensor":
+        """``N`` PIL images -> ``(N, 3, H, W)``, one transform each."""
         import torch
 
         return torch.stack([self.preprocess(im) for im in images])
 
     def tokens(self, texts: Sequence[str]) -> Tuple["Tensor", Optional["Tensor"]]:
-        """``T`` texts -> ``(input_ids (T, L), attention_mask (T, L) or None)``; open_clip pads to
-        its context length and takes no mask."""
-        if self.family == "hf":
-            tok = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
-            return tok.input_ids, tok.attention_mask
+        """``T`` texts -> ``(input_ids (T, L), None)``."""
         return self.tokenizer(list(texts)), None
 
     def decode(self, input_ids: "Tensor") -> List[str]:
-        """``(L,)`` ids -> the ``L`` tokens as readable words, for labels."""
-        if self.family == "hf":
-            from .visualization import words_of
-
-            return words_of(self.tokenizer, input_ids)
+        """``(L,)`` ids -> the ``L`` tokens, each decoded alone."""
         tok = self.tokenizer
         decode = tok.decode if hasattr(tok, "decode") else tok.tokenizer.decode
         return [decode([int(j)]).strip() for j in input_ids]
 
     @property
     def text_layers(self) -> List["nn.Module"]:
-        """The text tower's attention blocks, in order.
+        """The text transformer's residual blocks.
 
         Raises:
-            ModelError: an open_clip model whose text tower is not an open_clip transformer.
+            ModelError: the text tower is not an open_clip transformer.
         """
-        if self.family == "hf":
-            return list(self.model.text_model.encoder.layers)
         return list(_open_clip_text_tower(self.model).transformer.resblocks)
 
     @property
     def token_embedding(self) -> "nn.Module":
-        """The text tower's token embedding (``nn.Embedding``), e.g. for Captum's
-        ``LayerIntegratedGradients``.
+        """The text tower's ``token_embedding``.
 
         Raises:
             ModelError: as :attr:`text_layers`.
         """
-        if self.family == "hf":
-            return self.model.text_model.embeddings.token_embedding
         return _open_clip_text_tower(self.model).token_embedding
 
     def image_similarity(self, input_ids: "Tensor", attention_mask: Optional["Tensor"] = None) -> "nn.Module":
-        """The forward function ``pixels (N, 3, H, W) -> (N, T)`` cosine similarity with ``T`` texts
-        given as ``input_ids (T, L)`` (and, for ``"hf"``, ``attention_mask (T, L)``)."""
-        if self.family == "hf":
-            from .forward import ImageTextSimilarity
-
-            return ImageTextSimilarity(self.model, input_ids=input_ids, attention_mask=attention_mask)
+        """:class:`~captum_gradeclip.openai.EncoderImageTextSimilarity`: ``(N, 3, H, W) -> (N, T)``
+        (``attention_mask`` is not used: the tokenizer pads)."""
         from .openai import EncoderImageTextSimilarity
 
         return EncoderImageTextSimilarity(self.model, input_ids)
 
     def text_similarity(self, pixels: "Tensor") -> "nn.Module":
-        """The forward function ``input_ids (T, L) [, attention_mask (T, L)] -> (T, N)`` cosine
-        similarity with ``N`` images given as ``pixels (N, 3, H, W)``; it has
-        ``eos_positions(input_ids (T, L)) -> (T,)``."""
-        if self.family == "hf":
-            from .forward import TextImageSimilarity
-
-            return TextImageSimilarity(self.model, pixel_values=pixels)
+        """:class:`~captum_gradeclip.openai.EncoderTextImageSimilarity`: ``(T, L) -> (T, N)``."""
         from .openai import EncoderTextImageSimilarity
 
         return EncoderTextImageSimilarity(self.model, pixels)
 
 
 def wrap_hf(model: "nn.Module", processor: Any) -> LoadedCLIP:
-    """A loaded ``transformers.CLIPModel`` and its ``CLIPProcessor`` as a :class:`LoadedCLIP`."""
-    return LoadedCLIP(
-        model=model, family="hf", preprocess=processor, tokenizer=processor.tokenizer,
+    """A loaded ``transformers.CLIPModel`` and its ``CLIPProcessor`` as an :class:`HFCLIP`."""
+    return HFCLIP(
+        model=model, preprocess=processor, tokenizer=processor.tokenizer,
         image_layers=list(model.vision_model.encoder.layers),
         gradcam_layer=model.vision_model.embeddings.patch_embedding, gradcam_name="patch embedding",
         patch_size=model.config.vision_config.patch_size,
@@ -144,8 +215,8 @@ def wrap_hf(model: "nn.Module", processor: Any) -> LoadedCLIP:
 
 
 def wrap_open_clip(model: "nn.Module", preprocess: Any, tokenizer: Any) -> LoadedCLIP:
-    """A loaded open_clip / OpenAI CLIP model, its image transform and tokenizer as a
-    :class:`LoadedCLIP`.
+    """A loaded open_clip / OpenAI CLIP model, its image transform and tokenizer as an
+    :class:`OpenCLIP`.
 
     Raises:
         ModelError: an image tower that is neither a ViT nor a ResNet with attention pooling.
@@ -162,8 +233,8 @@ def wrap_open_clip(model: "nn.Module", preprocess: Any, tokenizer: Any) -> Loade
     else:
         k = visual.conv1.kernel_size
         gradcam, name, patch = visual.conv1, "patch embedding", k[0] if isinstance(k, tuple) else k
-    return LoadedCLIP(model=model, family="open_clip", preprocess=preprocess, tokenizer=tokenizer,
-                      image_layers=layers, gradcam_layer=gradcam, gradcam_name=name, patch_size=patch)
+    return OpenCLIP(model=model, preprocess=preprocess, tokenizer=tokenizer,
+                    image_layers=layers, gradcam_layer=gradcam, gradcam_name=name, patch_size=patch)
 
 
 def _open_clip_text_tower(model: "nn.Module") -> "nn.Module":
@@ -242,9 +313,33 @@ def check_choice(model: Optional[str], open_clip: Optional[str]) -> None:
         raise ModelError("give --model (Hugging Face) or --open-clip, not both")
 
 
+#: ``--model PREFIX:SPEC`` -> the registered family's loader, called with ``SPEC``.
+_FAMILIES: Dict[str, Callable[[str], LoadedCLIP]] = {}
+
+
+def register_family(prefix: str, loader: Callable[[str], LoadedCLIP]) -> None:
+    """Make ``--model PREFIX:SPEC`` (and ``load(model="PREFIX:SPEC")``) load ``loader(SPEC)``, a
+    :class:`LoadedCLIP` subclass of a new family. Names without a registered prefix stay
+    Hugging Face names or folders.
+
+    Raises:
+        ValueError: ``prefix`` is empty, holds ``":"``, or is registered already.
+    """
+    if not prefix or ":" in prefix or prefix in _FAMILIES:
+        raise ValueError(f"a family prefix must be a new non-empty name without ':', got {prefix!r} "
+                         f"(registered: {sorted(_FAMILIES)})")
+    _FAMILIES[prefix] = loader
+
+
+def unregister_family(prefix: str) -> None:
+    """Undo :func:`register_family` (nothing if ``prefix`` is not registered)."""
+    _FAMILIES.pop(prefix, None)
+
+
 def load(model: Optional[str] = None, open_clip: Optional[str] = None) -> LoadedCLIP:
     """The CLIP the command line's ``--model`` / ``--open-clip`` flags name: open_clip's
-    ``ARCH[:PRETRAINED]``, else a Hugging Face model, else the shipped ShapesCLIP.
+    ``ARCH[:PRETRAINED]``, else a registered family's ``PREFIX:SPEC`` (:func:`register_family`),
+    else a Hugging Face model, else the shipped ShapesCLIP.
 
     Raises:
         ModelError: both are given, or the model cannot be loaded (see :func:`load_hf`,
@@ -253,4 +348,9 @@ def load(model: Optional[str] = None, open_clip: Optional[str] = None) -> Loaded
     check_choice(model, open_clip)
     if open_clip:
         return load_open_clip(open_clip)
-    return load_shapes() if model is None else load_hf(model)
+    if model is None:
+        return load_shapes()
+    prefix, sep, spec = model.partition(":")
+    if sep and prefix in _FAMILIES:
+        return _FAMILIES[prefix](spec)
+    return load_hf(model)

@@ -129,7 +129,7 @@ def _tiny_bpe_clip():
     """A Hugging Face CLIPTokenizer built in code whose merges cut "pinkish" into pink + ish</w>."""
     from transformers import CLIPTokenizer
 
-    from captum_gradeclip.models import LoadedCLIP
+    from captum_gradeclip.models import HFCLIP
     from captum_gradeclip.shapes.model import _byte_chars
 
     chars = _byte_chars()
@@ -137,7 +137,7 @@ def _tiny_bpe_clip():
     vocab_list = chars + [c + "</w>" for c in chars] + ["pi", "pin", "pink", "is", "ish</w>", "do", "dog</w>"]
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab_list)}, merges=merges, model_max_length=16)
-    return LoadedCLIP(model=None, family="hf", preprocess=None, tokenizer=tok, image_layers=[], gradcam_layer=None,
+    return HFCLIP(model=None, preprocess=None, tokenizer=tok, image_layers=[], gradcam_layer=None,
                       gradcam_name="", patch_size=8)
 
 
@@ -148,10 +148,10 @@ def test_word_merging_hf_clip_bpe():
 
 
 def test_word_merging_shapes_clip():
-    from captum_gradeclip.models import LoadedCLIP
+    from captum_gradeclip.models import HFCLIP
     from captum_gradeclip.shapes.model import build_processor
 
-    clip = LoadedCLIP(model=None, family="hf", preprocess=None, tokenizer=build_processor().tokenizer,
+    clip = HFCLIP(model=None, preprocess=None, tokenizer=build_processor().tokenizer,
                       image_layers=[], gradcam_layer=None, gradcam_name="", patch_size=8)
     tokens, eos = bpe_tokens(clip, "a red circle, and a bluish ring")
     words = merge_words(tokens)
@@ -162,10 +162,10 @@ def test_word_merging_shapes_clip():
 
 def test_word_merging_open_clip():
     open_clip = pytest.importorskip("open_clip")
-    from captum_gradeclip.models import LoadedCLIP
+    from captum_gradeclip.models import OpenCLIP
 
     tok = open_clip.get_tokenizer("ViT-B-32")
-    clip = LoadedCLIP(model=None, family="open_clip", preprocess=None, tokenizer=tok, image_layers=[],
+    clip = OpenCLIP(model=None, preprocess=None, tokenizer=tok, image_layers=[],
                       gradcam_layer=None, gradcam_name="", patch_size=32)
     tokens, _ = bpe_tokens(clip, "A photograph of a tabby cat, sleeping.")
     assert [w.text for w in merge_words(tokens)] == ["a", "photograph", "of", "a", "tabby", "cat", "sleeping"]

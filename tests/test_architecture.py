@@ -105,7 +105,11 @@ class _ToyAdapter(AttentionAdapter):
     def num_heads(self):
         return self.module.heads
 
-    def attach(self, capture: Capture, *, single_head: bool):
+    @property
+    def out_proj(self):
+        return self.module.proj
+
+    def attach(self, capture: Capture):
         def pre(mod, args):
             x, = capture.enter(args[0])
             capture.layer_input = x
@@ -181,3 +185,126 @@ def test_attention_probs_matches_sdpa_and_zeroes_empty_rows():
     torch.testing.assert_close(p, want)
     blocked = torch.full((1, 1, 5, 5), float("-inf"))
     assert torch.equal(attention_probs(query=q, key=k, mask=blocked, num_heads=4), torch.zeros(2, 4, 5, 5))
+
+
+class _NormedInProj(nn.Module):
+    """open_clip-style `Attention`: fused in_proj_weight, per-head ln_q / ln_k, head_scale, out_proj."""
+
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.in_proj_weight = nn.Parameter(torch.randn(3 * d, d) / d ** 0.5)
+        self.in_proj_bias = nn.Parameter(0.1 * torch.randn(3 * d))
+        self.out_proj, self.num_heads = nn.Linear(d, d), heads
+        self.ln_q, self.ln_k = nn.LayerNorm(d // heads), nn.LayerNorm(d // heads)
+        self.head_scale = nn.Parameter(0.5 + torch.rand(heads, 1, 1))
+
+    def raw(self, x):
+        return F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, -1)
+
+    def forward(self, x, attn_mask=None):
+        b, n, d = x.shape
+        split = lambda t: t.view(b, n, self.num_heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = self.raw(x)
+        o = F.scaled_dot_product_attention(self.ln_q(split(q)), self.ln_k(split(k)), split(v)) * self.head_scale
+        return self.out_proj(o.transpose(1, 2).reshape(b, n, d))
+
+
+class _NormedQKV(nn.Module):
+    """timm-style `Attention`: a `qkv` linear, per-head q_norm / k_norm, `proj`."""
+
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.qkv, self.proj, self.num_heads = nn.Linear(d, 3 * d), nn.Linear(d, d), heads
+        self.q_norm, self.k_norm = nn.LayerNorm(d // heads), nn.LayerNorm(d // heads)
+
+    def raw(self, x):
+        return self.qkv(x).chunk(3, -1)
+
+    def forward(self, x, attn_mask=None):
+        b, n, d = x.shape
+        split = lambda t: t.view(b, n, self.num_heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = self.raw(x)
+        o = F.scaled_dot_product_attention(self.q_norm(split(q)), self.k_norm(split(k)), split(v))
+        return self.proj(o.transpose(1, 2).reshape(b, n, d))
+
+
+def _single_head_by_hand(attn, out, t):
+    """The authors' recomputation from the raw projections: one head over the full width."""
+    q, k, v = attn.raw(t) if hasattr(attn, "raw") else attn.qkv(t).chunk(3, -1)
+    o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+    return out(o), q, k, v
+
+
+@pytest.mark.parametrize("make,out", [(_NormedInProj, "out_proj"), (_NormedQKV, "proj"), (_ToyAttention, "proj")])
+def test_single_head_is_the_cores_one_hook(make, out):
+    """single_head=True is the core's pre-hook on the adapter's out_proj: the model runs on the
+    one-head recomputation from the raw projections (per-head norms and scales left out, as the
+    authors do), for shipped adapters and for the toy third-party one, which has no single-head
+    code at all. The map is checked by hand: w = dS/do_0, lambda = minmax cos(q_0, k_i)."""
+    torch.manual_seed(1)
+    register_adapter(_ToyAdapter)
+    try:
+        emb, attn, head = nn.Linear(3, 32), make(), nn.Linear(32, 5)
+        seen = []
+
+        def f(x):
+            s = head(attn(emb(x))[:, 0])
+            seen.append(s.detach())
+            return s
+
+        x = torch.randn(2, 6, 3)
+        own = f(x)
+        got = LayerGradECLIP(f, attn, single_head=True).attribute(x, target=3)
+        t = emb(x)
+        y, q, k, v = _single_head_by_hand(attn, getattr(attn, out), t)
+        torch.testing.assert_close(seen[-1], head(y[:, 0]).detach())  # the modified model's score
+        assert not torch.allclose(seen[-1], own.detach(), atol=1e-3)  # ... which is not the model's own
+        w = head.weight[3] @ getattr(attn, out).weight
+        cos = F.cosine_similarity(q[:, :1], k, dim=-1)[:, 1:]
+        lam = (cos - cos.amin(1, keepdim=True)) / (cos.amax(1, keepdim=True) - cos.amin(1, keepdim=True))
+        want = torch.cat([torch.zeros(2, 1), ((v[:, 1:] @ w) * lam).clamp_min(0)], 1)
+        torch.testing.assert_close(got, want.detach())
+        assert hook_count(attn) == 0
+        torch.testing.assert_close(f(x), own)  # the model is back to its own forward
+    finally:
+        from captum_gradeclip.adapters import _REGISTRY
+
+        _REGISTRY.remove(_ToyAdapter)
+
+
+def test_two_threads_on_one_explainer_get_their_own_maps(sim, pixels):
+    """The explained-forward lock: threads sharing one explainer (and its model's modules) never mix
+    their captures; benchmarks/forward_lock.py measures what it costs (and puts the lock back)."""
+    import importlib.util
+    import pathlib
+    import threading
+
+    from captum_gradeclip._core import base
+
+    model, s = sim
+    g = ImageGradECLIP(s, model.vision_model.encoder.layers[-1])
+    want = [g.attribute(pixels * (1 + i), target=i % 2) for i in range(4)]
+    got = [None] * 4
+
+    def work(i):
+        got[i] = g.attribute(pixels * (1 + i), target=i % 2)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    assert hook_count(model) == 0
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "forward_lock.py"
+    spec = importlib.util.spec_from_file_location("forward_lock", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lock, threads_before = base._HOOKED_FORWARD, torch.get_num_threads()
+    try:
+        rows = bench.cells(quick=True, calls=2, texts=2)
+    finally:
+        torch.set_num_threads(threads_before)
+    assert [r["cell"] for r in rows][0] == "1 thread" and all(r["seconds"] > 0 for r in rows)
+    assert base._HOOKED_FORWARD is lock

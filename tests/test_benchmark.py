@@ -35,13 +35,32 @@ def test_method_registry_and_filter():
 def test_metric_headings_are_defined_once():
     assert report.DELETION.heading == "deletion AUC ↓" and report.DELETION.title == "deletion auc ↓"
     assert report.MS_PER_EXPLANATION.heading == "ms / expl."
-    res = {"image": {"m": {report.POINTING.key: 0.5, report.POINTING_STRICT.key: 0.25,
-                           report.MS_PER_EXPLANATION.key: 12.34}},
-           "text": {"t": {report.WORD_DELETION.key: 0.25}}}
+    m, t = methods.MethodName("m"), methods.MethodName("t")
+    res = {"image": report.scores(m, {report.POINTING: 0.5, report.POINTING_STRICT: 0.25,
+                                      report.MS_PER_EXPLANATION: 12.34}),
+           "text": [report.Score(t, report.WORD_DELETION, 0.25)]}
     assert report.table(res).splitlines() == [
         "| image method | pointing (15 px @ 224) ↑ | pointing, strict ↑ | ms / expl. |", "|---|---|---|---|",
         "| m | 0.500 | 0.250 | 12.3 |", "",
         "| text method | word deletion AUC ↓ |", "|---|---|", "| t | 0.250 |"]
+    assert report.as_json(res["image"]) == {"m": {"pointing_game": 0.5, "pointing_game_strict": 0.25,
+                                                  "ms_per_explanation": 12.34}}
+
+
+def test_method_names_carry_their_labels():
+    """The plot's labels and colours come with the names (defined once in methods.py), as the
+    plot showed them when it parsed them out of the names."""
+    clip = load_shapes()
+    sim = clip.image_similarity(*clip.tokens(["a red circle", "a blue square"]))
+    names = list(methods.image_methods(clip, sim))
+    assert [n.short for n in names] == [
+        "Grad-ECLIP (cosine)", "Grad-ECLIP (cosine_per_head)", "Grad-ECLIP (attention)", "Grad-ECLIP (uniform)",
+        "Grad-ECLIP (single_head)", "CLS attention", "Attention rollout", "Token Grad-CAM", "GAME", "MaskCLIP",
+        "RISE", "LayerGradCam", "IntegratedGradients", "Occlusion"]
+    assert [n.ours for n in names] == [True] * 5 + [False] * 9
+    back = methods.method_name(str(names[11]))  # a name read back from a Parquet row
+    assert type(back) is methods.MethodName and back.short == "LayerGradCam" and back == names[11]
+    assert methods.method_name("unknown (x)").short == "unknown (x)"
 
 
 def test_memory_cell_runs_with_named_flags():
@@ -56,9 +75,23 @@ def test_plot_with_fewer_methods_than_metrics(tmp_path):
     from PIL import Image
 
     names = ["Grad-ECLIP (cosine, default)", "CLS attention"]
-    image = {n: {m.key: 0.5 for m in report.PLOTTED} for n in names}
+    names = [methods.method_name(n) for n in names]
+    image = [s for n in names for s in report.scores(n, {m: 0.5 for m in report.PLOTTED})]
     res = {"image": image, "_examples": dict(maps={n: torch.rand(1, 1, 8, 8) for n in names},
                                               image=Image.new("RGB", (64, 64)), prompt="a red circle")}
     report.plot(res, tmp_path / "b.png")
     with Image.open(tmp_path / "b.png") as im:
         assert im.size[0] > 200
+
+
+def test_peak_memory_is_one_more_score_per_method(monkeypatch):
+    from captum_gradeclip.benchmark import memory
+
+    monkeypatch.setattr(memory, "peak_extra_mb", lambda side, name, path=None: {"image": 1.5, "text": 2.5}[side])
+    a, b = methods.GRAD_ECLIP, methods.CLS_ATTENTION
+    res = {"image": report.scores(a, {report.POINTING: 0.5}) + report.scores(b, {report.POINTING: 0.25}),
+           "text": report.scores(a, {report.WORD_DELETION: 0.1})}
+    memory.add_peak_memory(res)
+    assert report.as_json(res["image"]) == {a: {"pointing_game": 0.5, "peak_extra_mb": 1.5},
+                                            b: {"pointing_game": 0.25, "peak_extra_mb": 1.5}}
+    assert list(report.as_json(res["text"])[a]) == ["word_deletion_auc", "peak_extra_mb"]

@@ -240,6 +240,18 @@ def test_siglip_encoder_block_is_refused_with_what_to_pass(px):
     assert hook_count(model) == 0
 
 
+def test_siglip_probe_layout_validates_like_every_image_layout():
+    """ProbeLayout runs ImageLayout's checks (a bad patch_size is refused) while its tower pools no
+    token of the encoder (pooled_token None) and its pooled row is the probe, 0."""
+    from captum_gradeclip.families.layouts import ProbeLayout
+
+    fn = SiglipImageTextSimilarity(siglip(), torch.randint(2, 50, (2, 8)))
+    assert fn.pooled_token is None and ProbeLayout(fn).pooled_token == 0
+    for bad in (0, (8,), "8", True):
+        with pytest.raises(ValueError, match="patch_size must be a positive int"):
+            ProbeLayout(fn, patch_size=bad)
+
+
 def test_siglip_text_pools_the_last_token(px):
     model = siglip()
     ids = torch.randint(2, 50, (3, 8))

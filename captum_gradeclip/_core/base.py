@@ -34,12 +34,17 @@ from ..adapters import AttentionAdapter, Capture, find_adapter
 from . import fastpath
 from .block_tail import BlockTail
 from .layout import LayerTokens, TokenLayout
+from .single_head import single_head_hooks
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module]]
 
 #: Held while an explained forward runs with hooks on: hooks live on the (shared) model's modules
 #: and PyTorch's MHA fast-path switch is process-wide, so explained forwards of different threads
 #: take turns (the backward passes and the maps, which use per-call state only, run in parallel).
+#: A throughput limit: one process runs ONE explained forward at a time, whatever the explainer
+#: or model, so threads gain only on the backward and the maps (``benchmarks/forward_lock.py``
+#: measures it; ARCHITECTURE.md has the numbers). Parallel throughput comes from processes: the
+#: dataset engine's torchrun ranks.
 _HOOKED_FORWARD = threading.RLock()
 
 
@@ -190,6 +195,11 @@ class AttentionLayerAttribution(LayerAttribution, GradientAttribution):
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         GradientAttribution.__init__(self, forward_func)
 
+    @property
+    def attention_modules(self) -> List[nn.Module]:
+        """The explained attention modules, one per layer (first to last): what the adapters hook."""
+        return [a.module for a in self._adapters]
+
     # ---- Captum's attribution protocol -------------------------------------------------------
     def has_convergence_delta(self) -> bool:
         return False
@@ -310,7 +320,9 @@ class AttentionLayerAttribution(LayerAttribution, GradientAttribution):
         handles = []
         try:
             for adapter, cap in zip(self._adapters, captures):
-                handles += adapter.attach(cap, single_head=self.single_head)
+                handles += adapter.attach(cap)
+                if self.single_head:
+                    handles += single_head_hooks(adapter, cap)
             if self._tail is not None:
                 handles += self._tail.attach(captures[0])
             with torch.enable_grad() if need_graph else torch.no_grad(), fastpath.mha_fast_path_off():

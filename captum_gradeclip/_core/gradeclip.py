@@ -45,6 +45,10 @@ class LayerGradECLIP(AttentionLayerAttribution):
         TypeError: a layer without a supported attention module (the message lists its children).
     """
 
+    #: Grad-ECLIP's rule for several layers: ReLU on each layer's map, then the sum (False: the
+    #: image tower's rule), or the sum of the signed maps, then the ReLU (True: the text tower's)
+    sum_before_relu: bool = False
+
     def __init__(
         self,
         forward_func: Callable[..., Tensor],
@@ -63,7 +67,7 @@ class LayerGradECLIP(AttentionLayerAttribution):
 
     def combine(self, layers: List[LayerTokens], *, relu: bool, targets: Any, n_targets: int) -> Tensor:
         """``(K, B, L)``: the sum over layers of ``sum_c w_c * lambda_i * v_i,c``."""
-        per_layer_relu = relu and not self.layout.sum_before_relu
+        per_layer_relu = relu and not self.sum_before_relu
         total = None
         for layer in layers:
             cap = layer.capture
@@ -73,7 +77,7 @@ class LayerGradECLIP(AttentionLayerAttribution):
             m = layer.only_scored(token_map(weights=layer.channel_weights(), values=cap.value.detach(), spatial=lam))
             m = m.clamp_min(0) if per_layer_relu else m
             total = m if total is None else total + m
-        return total.clamp_min(0) if relu and self.layout.sum_before_relu else total
+        return total.clamp_min(0) if relu and self.sum_before_relu else total
 
 
 class ImageGradECLIP(LayerGradECLIP):
@@ -141,6 +145,8 @@ class TextGradECLIP(LayerGradECLIP):
     Raises:
         ValueError, TypeError: see :class:`LayerGradECLIP`.
     """
+
+    sum_before_relu = True
 
     def __init__(
         self,

@@ -75,9 +75,6 @@ class TokenLayout:
 
     #: whether tokens the pooled token may not attend to (padding) are left out of the map
     masked_keys_unscored: bool = False
-    #: Grad-ECLIP's rule for several layers: ReLU on each layer's map then sum (False), or sum
-    #: the signed maps then ReLU (True, the text tower's rule)
-    sum_before_relu: bool = False
 
     def check(self, inputs: Tuple[Tensor, ...]) -> None:
         """Raise ``TypeError``/``ValueError`` for inputs this layout cannot explain."""
@@ -150,8 +147,12 @@ class ImageLayout(TokenLayout):
         ValueError: the forward function says its tower pools no single token.
     """
 
+    #: whether the forward function's tower must pool one of the layer's tokens (a layout whose
+    #: pooled row is the layer's own query, like an attention-pooling probe, sets False)
+    pools_a_token: bool = True
+
     def __init__(self, forward_func: Any, patch_size: Any = None) -> None:
-        if hasattr(forward_func, "pooled_token") and forward_func.pooled_token is None:
+        if self.pools_a_token and hasattr(forward_func, "pooled_token") and forward_func.pooled_token is None:
             raise ValueError(
                 f"the image tower pools with {getattr(forward_func, 'image_pool', 'no single token')!r}, "
                 "not a class token: Grad-ECLIP explains the pooled token's attention row. Use a "
@@ -163,7 +164,7 @@ class ImageLayout(TokenLayout):
         if p is not None and not (len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
                                                        for v in p)):
             raise ValueError(f"patch_size must be a positive int or a pair of them, got {self.patch_size!r}")
-        token = getattr(forward_func, "pooled_token", 0)
+        token = getattr(forward_func, "pooled_token", 0) if self.pools_a_token else 0
         #: the pooled token's index (DeiT's distillation head pools token 1)
         self.pooled_token = token if isinstance(token, int) and not isinstance(token, bool) else 0
 
@@ -232,7 +233,6 @@ class TextLayout(TokenLayout):
             the argmax of the ids (OpenAI CLIP's convention).
     """
 
-    sum_before_relu = True
     masked_keys_unscored = True
 
     def __init__(self, forward_func: Any, eos_token_id: Optional[int] = None) -> None:

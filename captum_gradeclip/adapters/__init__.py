@@ -6,7 +6,7 @@ To support a new attention implementation, subclass :class:`AttentionAdapter` an
     class MyAdapter(AttentionAdapter):
         @classmethod
         def matches(cls, module): ...
-        def attach(self, capture, *, single_head): ...   # see adapters.base for the contract
+        def attach(self, capture): ...   # see adapters.base for the contract
 """
 
 from __future__ import annotations

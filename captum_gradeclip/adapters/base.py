@@ -16,9 +16,11 @@ The contract, in full (the core relies on nothing else):
    :mod:`captum_gradeclip._core.functional` (additive float or ``None``, causal folded in); and,
    where they exist, ``layer_input`` and ``attn_out`` (in the layer's own layout, see
    ``seq_first``) and ``grid``.
-5. With ``single_head=False`` the hooks only read; the layer's output is unchanged. With
-   ``single_head=True`` the layer's output is replaced by the authors' one-head recomputation
-   (:func:`~captum_gradeclip.functional.single_head_attention`), and ``o`` is that recomputation's.
+5. The hooks only read; the layer's output is unchanged. The authors' reproduction mode
+   (``single_head=True``) is the core's (``_core/single_head.py``): a pre-hook on :attr:`out_proj`
+   replaces its input by the one-head recomputation from ``query, key, value`` (or ``raw_qkv``)
+   and ``mask``. Only a backend that never calls its output projection as a module overrides
+   :meth:`AttentionAdapter.single_head_hooks`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ class Capture:
         num_heads: ``H`` the spatial weights split ``D`` into (1 in the reproduction mode).
         seq_first: whether ``layer_input``, ``attn_out`` and the block tensors are ``(L, B, D)``
             (the layer's own layout; ``query``, ``key``, ``value`` and ``o`` are always batch-first).
-        query, key, value: ``(B, L, D)`` the input projections ``q, k, v``.
+        query, key, value: ``(B, L, D)`` the input projections ``q, k, v``, as the heads use them.
+        raw_qkv: ``(q, k, v)`` ``(B, L, D)`` straight out of the projection(s), recorded by
+            adapters whose ``query, key`` differ from them (per-head norms or scales); ``None``:
+            ``query, key, value`` are raw. The reproduction mode uses these.
         o: the tensor the score is differentiated against: the attention output before
             ``out_proj`` ``(B, L, D)``, or (where ``o`` is never a tensor of the model) the layer
             output, with ``o_grad`` mapping its gradient to ``dS/do``.
@@ -60,6 +65,7 @@ class Capture:
     query: Optional[Tensor] = None
     key: Optional[Tensor] = None
     value: Optional[Tensor] = None
+    raw_qkv: Optional[Tuple[Tensor, Tensor, Tensor]] = None
     o: Optional[Tensor] = None
     o_grad: Optional[Callable[[Tensor], Tensor]] = None
     mask: Optional[Tensor] = None
@@ -130,14 +136,17 @@ class AttentionAdapter:
         """Whether the layer's token tensors are ``(L, B, D)`` (else ``(B, L, D)``)."""
         return False
 
-    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
+    def attach(self, capture: Capture) -> List[RemovableHandle]:
         """Register the hooks that fill ``capture`` during one forward; return their handles.
-
-        With ``single_head=False`` the hooks only read: the layer's output is unchanged.
-        With ``single_head=True`` the layer's output is replaced by the authors' one-head
-        recomputation (the reproduction mode).
-        """
+        The hooks only read: the layer's output is unchanged."""
         raise NotImplementedError
+
+    def single_head_hooks(self, capture: Capture) -> Optional[List[RemovableHandle]]:
+        """Hooks of the reproduction mode for a backend whose :attr:`out_proj` is never called as a
+        module (registered after :meth:`attach`): they replace the layer's output by the one-head
+        recomputation and set ``capture.o`` (and ``o_grad``) to match. ``None`` (the default): the
+        core's pre-hook on :attr:`out_proj` does it (``_core/single_head.py``)."""
+        return None
 
 
 def first_arg(args: tuple, kwargs: dict, name: str) -> Any:

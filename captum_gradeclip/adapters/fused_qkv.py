@@ -9,9 +9,9 @@ norms (``ln_q``, ``ln_k``) are applied as the module applies them, and a per-hea
 is read at ``out_proj``'s input, so the model's forward is untouched. Scaled cosine attention and
 an inner LayerNorm before ``out_proj`` make ``o`` something other than a weighted sum of values
 with softmax-of-dot-product weights; those are refused with a clear error. In the reproduction
-mode (``single_head=True``) the layer is recomputed from the raw projections with one head over
-the full width, as the authors do: per-head norms and scales belong to the model's heads and are
-left out there.
+mode (``single_head=True``, the core's) the layer is recomputed from the raw projections, recorded
+as ``raw_qkv``, with one head over the full width, as the authors do: per-head norms and scales
+belong to the model's heads and are left out there.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .._core.functional import additive_mask, single_head_attention
+from .._core.functional import additive_mask
 from .base import (
     AttentionAdapter,
     Capture,
@@ -90,7 +90,7 @@ class FusedQKVSelfAttentionAdapter(AttentionAdapter):
         mask = mask.to(dtype)
         return mask.view(1, 1, n, n) if mask.dim() == 2 else mask.reshape(b, -1, n, n)[:, :1]
 
-    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
+    def attach(self, capture: Capture) -> List[RemovableHandle]:
         m = self.module
         name = first_param(m)
 
@@ -100,7 +100,7 @@ class FusedQKVSelfAttentionAdapter(AttentionAdapter):
                 raise ValueError(f"{type(mod).__name__} got input of shape {tuple(x.shape)}; the adapter "
                                  "expects batch-first (B, L, D)")
             capture.layer_input = x
-            capture.query, capture.key, capture.value = self._qkv(mod, x, single_head)
+            capture.query, capture.key, capture.value = self._qkv(mod, x, capture)
             capture.mask = self._mask(args, kwargs, x, capture.query.dtype)
             return replace_first_arg(args, kwargs, name, x)
 
@@ -109,27 +109,21 @@ class FusedQKVSelfAttentionAdapter(AttentionAdapter):
 
         def after(mod, args, kwargs, output):
             capture.attn_out = output
-            if not single_head:
-                return None
-            capture.o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
-                                              mask=capture.mask)
-            capture.attn_out = F.linear(capture.o, mod.out_proj.weight, mod.out_proj.bias)
-            return capture.attn_out
 
         return [m.register_forward_pre_hook(pre, with_kwargs=True),
                 m.out_proj.register_forward_pre_hook(before_out_proj),
                 m.register_forward_hook(after, with_kwargs=True)]
 
-    def _qkv(self, mod: nn.Module, x: Tensor, single_head: bool) -> Tuple[Tensor, Tensor, Tensor]:
-        """``q, k, v`` ``(B, L, D)`` as the module computes them. The authors' recomputation
-        (``single_head``) knows one head over the full width and the raw projections only:
-        per-head norms and scales apply to the model's own heads."""
+    def _qkv(self, mod: nn.Module, x: Tensor, capture: Capture) -> Tuple[Tensor, Tensor, Tensor]:
+        """``q, k, v`` ``(B, L, D)`` as the module computes them; where per-head norms or scales
+        apply, the raw projections go to ``capture.raw_qkv`` (the authors' recomputation knows one
+        head over the full width and the raw projections only)."""
         q, k, v = F.linear(x, mod.in_proj_weight, mod.in_proj_bias).chunk(3, dim=-1)
-        if single_head:
-            return q, k, v
+        hs = getattr(mod, "head_scale", None)
+        if not (is_identity(getattr(mod, "ln_q", None)) and is_identity(getattr(mod, "ln_k", None))) or hs is not None:
+            capture.raw_qkv = (q, k, v)
         q = self._per_head(q, getattr(mod, "ln_q", None))
         k = self._per_head(k, getattr(mod, "ln_k", None))
-        hs = getattr(mod, "head_scale", None)
         if hs is not None:  # (H, 1, 1): scales each head's attention output, so its values
             b, n, d = v.shape
             v = (v.view(b, n, self.num_heads, -1) * hs.view(1, 1, self.num_heads, 1).to(v.dtype)).reshape(b, n, d)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .._core.functional import additive_mask, causal_mask, single_head_attention
+from .._core.functional import additive_mask, causal_mask
 from .base import AttentionAdapter, Capture, is_linear, projection_hooks, token_input_hook
 
 
@@ -56,19 +55,13 @@ class QKVOutProjAdapter(AttentionAdapter):
             )
         return int(heads)
 
-    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
+    def attach(self, capture: Capture) -> List[RemovableHandle]:
         m = self.module
 
         def after(mod, args, output):
             capture.attn_out = output[0] if isinstance(output, tuple) else output
 
-        def replace(mod, args, output):
-            capture.o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
-                                              mask=capture.mask)
-            capture.attn_out = F.linear(capture.o, mod.out_proj.weight, mod.out_proj.bias)
-            return (capture.attn_out,) + tuple(output[1:]) if isinstance(output, tuple) else capture.attn_out
-
         pre = token_input_hook(capture, "hidden_states", lambda mod, args, kwargs, x: _model_mask(kwargs, mod, x))
         return [m.register_forward_pre_hook(pre, with_kwargs=True),
                 *projection_hooks(capture, query=m.q_proj, key=m.k_proj, value=m.v_proj, out=m.out_proj),
-                m.register_forward_hook(replace if single_head else after)]
+                m.register_forward_hook(after)]

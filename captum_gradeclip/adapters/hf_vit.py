@@ -20,11 +20,10 @@ from __future__ import annotations
 import inspect
 from typing import List, Optional, Tuple
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .._core.functional import additive_mask, causal_mask, single_head_attention
+from .._core.functional import additive_mask, causal_mask
 from .base import AttentionAdapter, Capture, is_linear, projection_hooks, token_input_hook
 
 #: (q, k, v, out) paths inside the attention module, one tuple per naming
@@ -115,14 +114,9 @@ class SeparateQKVAdapter(AttentionAdapter):
             mask = causal_mask(mask, x.shape[1], dtype=x.dtype, device=x.device)
         return mask
 
-    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
+    def attach(self, capture: Capture) -> List[RemovableHandle]:
         def after_out(mod, args, output):
-            if single_head:
-                capture.o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
-                                                  mask=capture.mask)
-                output = F.linear(capture.o, mod.weight, mod.bias)
             capture.attn_out = output
-            return output if single_head else None
 
         pre = token_input_hook(capture, "hidden_states", self._mask)
         return [self.module.register_forward_pre_hook(pre, with_kwargs=True),

@@ -69,7 +69,7 @@ class MultiheadAttentionAdapter(AttentionAdapter):
     def seq_first(self) -> bool:
         return not bool(getattr(self.module, "batch_first", False))
 
-    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
+    def attach(self, capture: Capture) -> List[RemovableHandle]:
         m = self.module
         names = ("query", "key", "value")
 
@@ -88,12 +88,6 @@ class MultiheadAttentionAdapter(AttentionAdapter):
             return tuple(new[:pos]), {**kwargs, **{n: new[i] for i, n in enumerate(names) if i >= pos}}
 
         def post(mod, args, kwargs, output):
-            if single_head:
-                capture.o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
-                                                  mask=capture.mask)
-                new = F.linear(capture.o, mod.out_proj.weight, mod.out_proj.bias)
-                capture.attn_out = new.transpose(0, 1) if capture.seq_first else new
-                return (capture.attn_out,) + tuple(output[1:]) if isinstance(output, tuple) else capture.attn_out
             out = output[0] if isinstance(output, tuple) else output
             capture.o = capture.attn_out = out
             w_out = mod.out_proj.weight
@@ -102,6 +96,18 @@ class MultiheadAttentionAdapter(AttentionAdapter):
 
         return [m.register_forward_pre_hook(pre, with_kwargs=True),
                 m.register_forward_hook(post, with_kwargs=True)]
+
+    def single_head_hooks(self, capture: Capture) -> List[RemovableHandle]:
+        """The fused path never calls ``out_proj`` as a module: the layer's output is replaced."""
+        def replace(mod, args, kwargs, output):
+            capture.o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
+                                              mask=capture.mask)
+            capture.o_grad = None
+            new = F.linear(capture.o, mod.out_proj.weight, mod.out_proj.bias)
+            capture.attn_out = new.transpose(0, 1) if capture.seq_first else new
+            return (capture.attn_out,) + tuple(output[1:]) if isinstance(output, tuple) else capture.attn_out
+
+        return [self.module.register_forward_hook(replace, with_kwargs=True)]
 
 
 def _pad_rows(pooled: Tensor, length: int) -> Tensor:
@@ -129,7 +135,7 @@ class AttentionPool2dAdapter(AttentionAdapter):
     def num_heads(self) -> int:
         return int(self.module.num_heads)
 
-    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
+    def attach(self, capture: Capture) -> List[RemovableHandle]:
         m = self.module
 
         def pre(mod, args):
@@ -146,14 +152,21 @@ class AttentionPool2dAdapter(AttentionAdapter):
 
         def post(mod, args, output):
             length = capture.value.shape[1]
-            if single_head:
-                o = single_head_attention(query=capture.query[:, :1], key=capture.key, value=capture.value, mask=None)
-                capture.o = o  # (N, 1, C): the pooled row
-                capture.o_grad = lambda g: _pad_rows(g[..., 0, :], length)
-                return F.linear(o[:, 0], mod.c_proj.weight, mod.c_proj.bias)
             capture.o = output
             w_c = mod.c_proj.weight
             capture.o_grad = lambda g: _pad_rows(g @ w_c.to(g.dtype), length)  # (*, N, C) -> (*, N, L, C)
             return None
 
         return [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+
+    def single_head_hooks(self, capture: Capture) -> List[RemovableHandle]:
+        """The pool's ``c_proj`` is never called as a module: the pooled output is replaced by the
+        one-head recomputation of the pooled row."""
+        def replace(mod, args, output):
+            length = capture.value.shape[1]
+            o = single_head_attention(query=capture.query[:, :1], key=capture.key, value=capture.value, mask=None)
+            capture.o = o  # (N, 1, C): the pooled row
+            capture.o_grad = lambda g: _pad_rows(g[..., 0, :], length)
+            return F.linear(o[:, 0], mod.c_proj.weight, mod.c_proj.bias)
+
+        return [self.module.register_forward_hook(replace)]

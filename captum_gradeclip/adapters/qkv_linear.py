@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .._core.functional import additive_mask, causal_mask, single_head_attention
+from .._core.functional import additive_mask, causal_mask
 from .base import (
     AttentionAdapter,
     Capture,
@@ -75,6 +74,11 @@ class FusedQKVLinearAdapter(AttentionAdapter):
     def out_proj(self) -> nn.Linear:
         return _out_linear(self.module)
 
+    @property
+    def _has_norms(self) -> bool:
+        m = self.module
+        return not (is_identity(getattr(m, "q_norm", None)) and is_identity(getattr(m, "k_norm", None)))
+
     def _per_head(self, x: Tensor, norm: Optional[nn.Module]) -> Tensor:
         if is_identity(norm):
             return x
@@ -101,7 +105,7 @@ class FusedQKVLinearAdapter(AttentionAdapter):
             mask = causal_mask(mask, x.shape[1], dtype=x.dtype, device=x.device)
         return mask
 
-    def attach(self, capture: Capture, *, single_head: bool) -> List[RemovableHandle]:
+    def attach(self, capture: Capture) -> List[RemovableHandle]:
         m = self.module
         name = first_param(m) or "hidden_states"
 
@@ -115,20 +119,12 @@ class FusedQKVLinearAdapter(AttentionAdapter):
             return replace_first_arg(args, kwargs, name, x)
 
         def after_qkv(mod, args, out):
-            if single_head:  # the authors' recomputation: raw projections, one head
-                capture.query, capture.key, capture.value = out.chunk(3, dim=-1)
-            else:
-                capture.query, capture.key, capture.value = self._qkv(out)
+            capture.query, capture.key, capture.value = self._qkv(out)
+            if self._has_norms:  # the reproduction mode recomputes from the raw projections
+                capture.raw_qkv = out.chunk(3, dim=-1)
 
         def before_out(mod, args):
             capture.o = args[0]
-
-        def after_out(mod, args, output):
-            if not single_head:
-                return None
-            capture.o = single_head_attention(query=capture.query, key=capture.key, value=capture.value,
-                                              mask=capture.mask)
-            return F.linear(capture.o, mod.weight, mod.bias)
 
         def after(mod, args, kwargs, output):
             capture.attn_out = output[0] if isinstance(output, tuple) else output
@@ -137,6 +133,5 @@ class FusedQKVLinearAdapter(AttentionAdapter):
         return [m.register_forward_pre_hook(pre, with_kwargs=True),
                 m.qkv.register_forward_hook(after_qkv),
                 out.register_forward_pre_hook(before_out),
-                out.register_forward_hook(after_out),
                 m.register_forward_hook(after, with_kwargs=True)]
 

@@ -64,7 +64,7 @@ class MaskCLIP(AttentionLayerAttribution):
             raise TypeError("MaskCLIP needs an ImageTextSimilarity or EncoderImageTextSimilarity forward "
                             "function (with .model and .text_embeds)")
         layer = layers[-1]
-        head = value_head(model, self._adapters[-1].module)
+        head = value_head(model, self.attention_modules[-1])
         with torch.no_grad():
             y = F.normalize(head(layer.capture.value.detach()).float(), dim=-1)  # (B, L, E)
             text = sim.text_embeds.float()  # (K, E), normalised

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional, Tuple
 
 from .._io import CLIError
+from .config import FaithfulnessConfig, FolderConfig, ShapesConfig
+
+_F, _S = FaithfulnessConfig(), ShapesConfig()
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -35,6 +39,24 @@ def _check(args: argparse.Namespace) -> None:
         raise CLIError("--images and --prompts go together")
 
 
+def _methods(args: argparse.Namespace) -> Optional[Tuple[str, ...]]:
+    return None if args.methods is None else tuple(args.methods)
+
+
+def shapes_config(args: argparse.Namespace) -> ShapesConfig:
+    """The ShapesCLIP protocol's settings from the checked flags."""
+    return ShapesConfig(n=args.n, model=args.model, methods=_methods(args), batch=args.batch, examples=args.examples,
+                        word_replacement=args.word_replacement,
+                        faithfulness=FaithfulnessConfig(step=args.step, replacement=args.replacement))
+
+
+def folder_config(args: argparse.Namespace) -> FolderConfig:
+    """The folder protocol's settings from the checked flags."""
+    return FolderConfig(images=args.images, prompts=args.prompts, out_dir=args.out_dir, n=args.n, model=args.model,
+                        open_clip=args.open_clip, methods=_methods(args), batch=args.batch,
+                        faithfulness=FaithfulnessConfig(step=args.step, replacement=args.replacement))
+
+
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """Run the folder protocol (``--images``, ``--prompts``) or the ShapesCLIP one, and write
     ``benchmark.json``, ``.md`` and ``.png`` to ``--out-dir``."""
@@ -45,11 +67,11 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
     _check(args)
     if args.images:
-        res = run_folder(args)
+        res = run_folder(folder_config(args))
         if res is None:  # a rank other than 0 under torchrun: rank 0 reports
             return
     else:
-        res = run_shapes(args)
+        res = run_shapes(shapes_config(args))
         if not args.no_memory:
             add_peak_memory(res, args.model)
     out = Path(args.out_dir)
@@ -66,12 +88,12 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     b = sub.add_parser("benchmark", help="compare Grad-ECLIP with baselines (ShapesCLIP, or any CLIP on images)")
     b.add_argument("--quick", action="store_true", help="12 scenes: a few minutes on 2 CPU cores")
     b.add_argument("--n", type=int, default=None, help="scenes (ShapesCLIP) or images (folder); default 100")
-    b.add_argument("--step", type=float, default=0.005, help="share of pixels per deletion/insertion step")
-    b.add_argument("--replacement", default="noise", choices=["noise", "black", "blur", "mean"])
-    b.add_argument("--word-replacement", default=".", help="token replacing deleted words")
+    b.add_argument("--step", type=float, default=_F.step, help="share of pixels per deletion/insertion step")
+    b.add_argument("--replacement", default=_F.replacement, choices=["noise", "black", "blur", "mean"])
+    b.add_argument("--word-replacement", default=_S.word_replacement, help="token replacing deleted words")
     b.add_argument("--methods", nargs="*", default=None, help="only methods whose name contains one of these")
-    b.add_argument("--batch", type=int, default=16, help="examples explained per call")
-    b.add_argument("--examples", type=int, default=1)
+    b.add_argument("--batch", type=int, default=_S.batch, help="examples explained per call")
+    b.add_argument("--examples", type=int, default=_S.examples)
     b.add_argument("--model", default=None, help="hub name or folder (default: ShapesCLIP)")
     b.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]",
                    help="an open_clip model for the folder benchmark (needs the open_clip extra)")

@@ -11,14 +11,15 @@ of processes and after any number of restarts (only the timings differ).
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .report import FAITHFULNESS, MS_PER_EXPLANATION
+from .config import FaithfulnessConfig, FolderConfig
+from .methods import method_name
+from .report import FAITHFULNESS, MS_PER_EXPLANATION, Score
 
 #: Images per shard of the folder protocol.
 SHARD_SIZE = 64
@@ -33,18 +34,18 @@ class FaithfulnessExplainer:
 
     Args:
         sim: ``pixels -> (N, T)`` over the prompts. methods: name -> ``(pixels, targets) -> maps``.
-        step, replacement: of :func:`~captum_gradeclip.metrics.deletion`.
+        faithfulness: the step and replacement of :func:`~captum_gradeclip.metrics.deletion`.
     """
 
     #: the prompts of an image go together (the target is their argmax): a failing image is an error row
     splits_texts = False
 
-    def __init__(self, sim: Any, methods: Dict[str, Any], step: float, replacement: str) -> None:
-        self.sim, self.methods, self.step, self.replacement = sim, methods, step, replacement
+    def __init__(self, sim: Any, methods: Dict[str, Any], faithfulness: FaithfulnessConfig) -> None:
+        self.sim, self.methods, self.faithfulness = sim, methods, faithfulness
 
     def config(self) -> Dict[str, Any]:
-        return {"protocol": "folder", "methods": list(self.methods), "step": self.step,
-                "replacement": self.replacement}
+        return {"protocol": "folder", "methods": list(self.methods), "step": self.faithfulness.step,
+                "replacement": self.faithfulness.replacement}
 
     def __call__(self, pixels: torch.Tensor, texts: Sequence[Sequence[str]]) -> List[List[Dict[str, Any]]]:
         from ..metrics import deletion, insertion
@@ -53,7 +54,7 @@ class FaithfulnessExplainer:
             scores = self.sim(pixels)
         t = scores.argmax(1)
         rows: List[List[Dict[str, Any]]] = [[] for _ in range(len(pixels))]
-        kw = dict(step=self.step, replacement=self.replacement, accuracy=True)
+        kw = dict(step=self.faithfulness.step, replacement=self.faithfulness.replacement, accuracy=True)
         for name, fn in self.methods.items():
             t0 = time.perf_counter()
             maps = fn(pixels, t).detach().float()
@@ -81,8 +82,8 @@ class FaithfulnessExplainer:
         return pa.Table.from_pydict(cols, schema=pa.schema(fields))
 
 
-def aggregate(out: Path) -> Dict[str, Dict[str, float]]:
-    """method -> the mean of each AUC over the images (in the work list's order) and the mean
+def aggregate(out: Path) -> List[Score]:
+    """Each method's mean of each AUC over the images (in the work list's order) and its mean
     explanation time in ms: what one process computing every image would report."""
     import pyarrow.parquet as pq
 
@@ -94,10 +95,11 @@ def aggregate(out: Path) -> Dict[str, Dict[str, float]]:
             for m in FAITHFULNESS:
                 per[m.key].append(t[m.key][j])
             per[MS_PER_EXPLANATION.key].append(1000 * t["seconds"][j])
-    return {name: {k: sum(v) / len(v) for k, v in per.items()} for name, per in sums.items()}
+    metrics = FAITHFULNESS + (MS_PER_EXPLANATION,)
+    return [Score(method_name(name), m, sum(per[m.key]) / len(per[m.key])) for name, per in sums.items() for m in metrics]
 
 
-def folder_inputs(args: argparse.Namespace) -> Tuple[List[str], List[Path]]:
+def folder_inputs(cfg: FolderConfig) -> Tuple[List[str], List[Path]]:
     """``(prompts, image files)`` of ``--prompts`` and ``--images`` (the first ``--n`` files).
 
     Raises:
@@ -106,39 +108,40 @@ def folder_inputs(args: argparse.Namespace) -> Tuple[List[str], List[Path]]:
     from .._io import CLIError
     from ..scale.data import IMAGE_SUFFIXES
 
-    folder = Path(args.images)
+    folder = Path(cfg.images)
     if not folder.is_dir():
-        raise CLIError(f"--images must be a folder of images, got {args.images}")
-    if not args.prompts or not Path(args.prompts).is_file():
+        raise CLIError(f"--images must be a folder of images, got {cfg.images}")
+    if not cfg.prompts or not Path(cfg.prompts).is_file():
         raise CLIError("--prompts must be a text file with one prompt per line")
     try:
-        prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
+        prompts = [ln.strip() for ln in Path(cfg.prompts).read_text().splitlines() if ln.strip()]
     except (UnicodeDecodeError, OSError) as e:
-        raise CLIError(f"cannot read --prompts {args.prompts} as text ({e.__class__.__name__})") from None
+        raise CLIError(f"cannot read --prompts {cfg.prompts} as text ({e.__class__.__name__})") from None
     if not prompts:
-        raise CLIError(f"--prompts {args.prompts} holds no prompt: give one prompt per line")
+        raise CLIError(f"--prompts {cfg.prompts} holds no prompt: give one prompt per line")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if args.n:
-        files = files[: args.n]
+    if cfg.n:
+        files = files[: cfg.n]
     if not files:
         raise CLIError(f"no images (.png, .jpg, ...) in {folder}")
     return prompts, files
 
 
-def _config(args: argparse.Namespace, prompts: List[str], files: List[Path]) -> Dict[str, Any]:
-    return {"model": {"hf": args.model, "open_clip": args.open_clip}, "methods": args.methods,
-            "step": args.step, "replacement": args.replacement, "prompts": prompts,
+def _config(cfg: FolderConfig, prompts: List[str], files: List[Path]) -> Dict[str, Any]:
+    return {"model": {"hf": cfg.model, "open_clip": cfg.open_clip},
+            "methods": None if cfg.methods is None else list(cfg.methods),
+            "step": cfg.faithfulness.step, "replacement": cfg.faithfulness.replacement, "prompts": prompts,
             "images": [f.name for f in files]}
 
 
-def run_folder(args: argparse.Namespace) -> Optional[dict]:
+def run_folder(cfg: FolderConfig) -> Optional[dict]:
     """The folder protocol on this rank's shards; rank 0 returns the results (other ranks
-    ``None``): ``args.model`` / ``args.open_clip`` on ``args.images`` and ``args.prompts``,
-    ``args.batch`` images per batch, curves under ``args.out_dir/curves``.
+    ``None``): ``cfg.model`` / ``cfg.open_clip`` on ``cfg.images`` and ``cfg.prompts``,
+    ``cfg.batch`` images per batch, curves under ``cfg.out_dir/curves``.
 
     Raises:
         CLIError: bad inputs (see :func:`folder_inputs`), none of the images readable,
-            or another job's curves in ``args.out_dir``.
+            or another job's curves in ``cfg.out_dir``.
     """
     from .. import distributed as dist
     from .._io import CLIError
@@ -149,24 +152,23 @@ def run_folder(args: argparse.Namespace) -> Optional[dict]:
     from .methods import image_methods, select
 
     require_pyarrow("the folder benchmark")
-    prompts, files = folder_inputs(args)
-    out = Path(args.out_dir) / "curves"
+    prompts, files = folder_inputs(cfg)
+    out = Path(cfg.out_dir) / "curves"
     with dist.session("cpu") as ranks:
-        with prepared(out, job_config(_config(args, prompts, files), len(files), SHARD_SIZE, args.batch), ranks):
-            clip = load(args.model, args.open_clip)  # a failure here leaves no state in --out-dir
+        with prepared(out, job_config(_config(cfg, prompts, files), len(files), SHARD_SIZE, cfg.batch), ranks):
+            clip = load(cfg.model, cfg.open_clip)  # a failure here leaves no state in --out-dir
             sim = clip.image_similarity(*clip.tokens(prompts))
-            explainer = FaithfulnessExplainer(sim, select(image_methods(clip, sim), args.methods), args.step,
-                                              args.replacement)
+            explainer = FaithfulnessExplainer(sim, select(image_methods(clip, sim), cfg.methods), cfg.faithfulness)
         items = [WorkItem(f.name, tuple(prompts)) for f in files]
-        summary = run(ImageFolderDataset(Path(args.images), items, clip.pixels), explainer, out, ranks,
-                      batch_size=args.batch, shard_size=SHARD_SIZE, num_workers=1)
+        summary = run(ImageFolderDataset(Path(cfg.images), items, clip.pixels), explainer, out, ranks,
+                      batch_size=cfg.batch, shard_size=SHARD_SIZE, num_workers=1)
     if ranks.rank != 0:
         return None
     skipped = sorted({e["image"] for e in _errors(out)})
     if summary["pairs"] == 0:
-        raise CLIError(f"none of the {len(files)} images in {args.images} could be read or explained")
+        raise CLIError(f"none of the {len(files)} images in {cfg.images} could be read or explained")
     return dict(protocol="folder", images=len(files) - len(skipped), skipped=skipped, prompts=len(prompts),
-                step=args.step, replacement=args.replacement, image=aggregate(out), text={},
+                step=cfg.faithfulness.step, replacement=cfg.faithfulness.replacement, image=aggregate(out), text=[],
                 world_size=ranks.world, curves=str(out))
 
 

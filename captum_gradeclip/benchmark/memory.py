@@ -19,7 +19,7 @@ import torch
 
 from .methods import image_methods, text_methods
 from .protocols import shapes_items
-from .report import PEAK_MB
+from .report import PEAK_MB, Score
 
 #: The caption the text methods explain.
 CAPTION = "a red circle and a blue square"
@@ -58,10 +58,11 @@ def peak_extra_mb(side: str, method: str, model_path: Optional[str] = None) -> f
 
 
 def add_peak_memory(res: dict, model_path: Optional[str] = None) -> None:
-    """Add each method's peak memory to a ShapesCLIP result ``res`` (in place)."""
+    """Add each method's peak memory to a ShapesCLIP result ``res`` (in place): one
+    :data:`~.report.PEAK_MB` score per method and side."""
     for side in ("image", "text"):
-        for name, metrics in res[side].items():
-            metrics[PEAK_MB.key] = peak_extra_mb(side, name, model_path)
+        for name in dict.fromkeys(s.method for s in res[side]):
+            res[side].append(Score(name, PEAK_MB, peak_extra_mb(side, name, model_path)))
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -18,7 +18,59 @@ ImageMethod = Callable[["Tensor", "Tensor"], "Tensor"]
 TextMethod = Callable[["Tensor", int, Optional["Tensor"]], "Tensor"]
 
 
-def select(methods: Dict[str, Callable], patterns: Optional[Sequence[str]]) -> Dict[str, Callable]:
+class MethodName(str):
+    """A compared method's name: the string itself is what the table, ``benchmark.json`` and
+    ``--methods`` show (so it is a dict key like any string); ``short`` is the plot's label and
+    ``ours`` marks Grad-ECLIP's variants (drawn in red). Each name is defined once, below."""
+
+    short: str
+    ours: bool
+
+    def __new__(cls, name: str, short: Optional[str] = None, *, ours: bool = False) -> "MethodName":
+        self = super().__new__(cls, name)
+        self.short, self.ours = short or name, ours
+        return self
+
+
+_KNOWN: Dict[str, MethodName] = {}
+
+
+def _define(name: str, short: Optional[str] = None, *, ours: bool = False) -> MethodName:
+    m = _KNOWN[name] = MethodName(name, short, ours=ours)
+    return m
+
+
+def method_name(name: str) -> MethodName:
+    """The :class:`MethodName` of a name read back as a plain string (a Parquet row, a JSON key);
+    a name no method defines is its own label."""
+    return name if isinstance(name, MethodName) else _KNOWN.get(name, MethodName(name))
+
+
+GRAD_ECLIP = _define("Grad-ECLIP (cosine, default)", "Grad-ECLIP (cosine)", ours=True)
+GRAD_ECLIP_PER_HEAD = _define("Grad-ECLIP (cosine_per_head)", ours=True)
+GRAD_ECLIP_ATTENTION = _define("Grad-ECLIP (attention)", ours=True)
+GRAD_ECLIP_UNIFORM = _define("Grad-ECLIP (uniform)", ours=True)
+GRAD_ECLIP_SINGLE_HEAD = _define("Grad-ECLIP (single_head, authors')", "Grad-ECLIP (single_head)", ours=True)
+CLS_ATTENTION = _define("CLS attention")
+ROLLOUT = _define("Attention rollout")
+TOKEN_GRADCAM = _define("Token Grad-CAM")
+GAME_NAME = _define("GAME (Chefer et al.)", "GAME")
+MASKCLIP = _define("MaskCLIP")
+RISE_NAME = _define("RISE (500 masks)", "RISE")
+INTEGRATED_GRADIENTS = _define("Captum IntegratedGradients (50 steps, |.| summed)", "IntegratedGradients")
+OCCLUSION = _define("Captum Occlusion (patch windows)", "Occlusion")
+TEXT_ATTENTION = _define("Text attention (EOS row)", "Text attention")
+TEXT_ROLLOUT = _define("Text rollout")
+TEXT_GAME = _define("Text GAME")
+LAYER_INTEGRATED_GRADIENTS = _define("Captum LayerIntegratedGradients (token embeddings)", "LayerIntegratedGradients")
+
+
+def layer_gradcam_name(layer: str) -> MethodName:
+    """Captum's ``LayerGradCam`` on the layer a model names (``"patch embedding"``, ``"layer4"``)."""
+    return _KNOWN.get(f"Captum LayerGradCam ({layer})") or _define(f"Captum LayerGradCam ({layer})", "LayerGradCam")
+
+
+def select(methods: Dict[MethodName, Callable], patterns: Optional[Sequence[str]]) -> Dict[MethodName, Callable]:
     """The methods whose name contains one of ``patterns`` (case-insensitive); all for none.
 
     Raises:
@@ -39,7 +91,7 @@ def _layer_method(cls, forward: "nn.Module", layer) -> ImageMethod:
     return lambda x, t: g.attribute(x, target=t)
 
 
-def _grad_eclip(sim: "nn.Module", last: "nn.Module") -> Dict[str, ImageMethod]:
+def _grad_eclip(sim: "nn.Module", last: "nn.Module") -> Dict[MethodName, ImageMethod]:
     from .. import ImageGradECLIP
 
     def ge(**kw) -> ImageMethod:
@@ -47,31 +99,31 @@ def _grad_eclip(sim: "nn.Module", last: "nn.Module") -> Dict[str, ImageMethod]:
         return lambda x, t: g.attribute(x, target=t)
 
     return {
-        "Grad-ECLIP (cosine, default)": ge(),
-        "Grad-ECLIP (cosine_per_head)": ge(spatial="cosine_per_head"),
-        "Grad-ECLIP (attention)": ge(spatial="attention"),
-        "Grad-ECLIP (uniform)": ge(spatial="uniform"),
-        "Grad-ECLIP (single_head, authors')": ge(single_head=True),
+        GRAD_ECLIP: ge(),
+        GRAD_ECLIP_PER_HEAD: ge(spatial="cosine_per_head"),
+        GRAD_ECLIP_ATTENTION: ge(spatial="attention"),
+        GRAD_ECLIP_UNIFORM: ge(spatial="uniform"),
+        GRAD_ECLIP_SINGLE_HEAD: ge(single_head=True),
     }
 
 
-def _attention_baselines(sim: "nn.Module", layers: List["nn.Module"]) -> Dict[str, ImageMethod]:
+def _attention_baselines(sim: "nn.Module", layers: List["nn.Module"]) -> Dict[MethodName, ImageMethod]:
     from ..baselines import GAME, AttentionRollout, CLSAttention, MaskCLIP, TokenGradCAM
 
     last = layers[-1]
     methods = {
-        "CLS attention": _layer_method(CLSAttention, sim, last),
-        "Attention rollout": _layer_method(AttentionRollout, sim, layers),
-        "Token Grad-CAM": _layer_method(TokenGradCAM, sim, last),
-        "GAME (Chefer et al.)": _layer_method(GAME, sim, layers),
-        "MaskCLIP": _layer_method(MaskCLIP, sim, last),
+        CLS_ATTENTION: _layer_method(CLSAttention, sim, last),
+        ROLLOUT: _layer_method(AttentionRollout, sim, layers),
+        TOKEN_GRADCAM: _layer_method(TokenGradCAM, sim, last),
+        GAME_NAME: _layer_method(GAME, sim, layers),
+        MASKCLIP: _layer_method(MaskCLIP, sim, last),
     }
     if hasattr(last, "c_proj") and not hasattr(last, "out_proj"):  # a ResNet's attention pool:
-        del methods["Token Grad-CAM"]  # no token inputs; LayerGradCam on layer4 is the Grad-CAM there
+        del methods[TOKEN_GRADCAM]  # no token inputs; LayerGradCam on layer4 is the Grad-CAM there
     return methods
 
 
-def _perturbation_and_gradient(clip: "LoadedCLIP", sim: "nn.Module") -> Dict[str, ImageMethod]:
+def _perturbation_and_gradient(clip: "LoadedCLIP", sim: "nn.Module") -> Dict[MethodName, ImageMethod]:
     from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
 
     from ..baselines import RISE
@@ -81,24 +133,24 @@ def _perturbation_and_gradient(clip: "LoadedCLIP", sim: "nn.Module") -> Dict[str
     rise = RISE(sim, n_masks=500, grid=8, batch_size=250)
     p = clip.patch_size
     return {
-        "RISE (500 masks)": lambda x, t: rise.attribute(x, target=t),
-        f"Captum LayerGradCam ({clip.gradcam_name})": lambda x, t: lgc.attribute(
+        RISE_NAME: lambda x, t: rise.attribute(x, target=t),
+        layer_gradcam_name(clip.gradcam_name): lambda x, t: lgc.attribute(
             x, target=t, relu_attributions=True),
-        "Captum IntegratedGradients (50 steps, |.| summed)": lambda x, t: ig.attribute(
+        INTEGRATED_GRADIENTS: lambda x, t: ig.attribute(
             x, target=t, n_steps=50, internal_batch_size=50).abs().sum(1, keepdim=True),
-        "Captum Occlusion (patch windows)": lambda x, t: occ.attribute(
+        OCCLUSION: lambda x, t: occ.attribute(
             x, target=t, sliding_window_shapes=(3, p, p), strides=(3, p // 2, p // 2)).sum(1, keepdim=True),
     }
 
 
-def image_methods(clip: "LoadedCLIP", sim: "nn.Module") -> Dict[str, ImageMethod]:
+def image_methods(clip: "LoadedCLIP", sim: "nn.Module") -> Dict[MethodName, ImageMethod]:
     """Name -> image method explaining ``sim`` (``pixels (N, 3, H, W) -> (N, T)``): Grad-ECLIP's
     variants at the last attention layer, the attention baselines, RISE and Captum's methods."""
     return {**_grad_eclip(sim, clip.image_layers[-1]), **_attention_baselines(sim, clip.image_layers),
             **_perturbation_and_gradient(clip, sim)}
 
 
-def text_methods(clip: "LoadedCLIP", tsim: "nn.Module") -> Dict[str, TextMethod]:
+def text_methods(clip: "LoadedCLIP", tsim: "nn.Module") -> Dict[MethodName, TextMethod]:
     """Name -> text method explaining ``tsim`` (``input_ids (T, L), attention_mask (T, L) -> (T, N)``)."""
     from captum.attr import LayerIntegratedGradients
 
@@ -113,10 +165,10 @@ def text_methods(clip: "LoadedCLIP", tsim: "nn.Module") -> Dict[str, TextMethod]
         return lambda ids, t, m: g.attribute(ids, target=t, additional_forward_args=(m,))
 
     return {
-        "Grad-ECLIP (cosine, default)": cls(TextGradECLIP, layers[-8:]),
-        "Text attention (EOS row)": cls(TextAttention, layers[-1]),
-        "Text rollout": cls(TextRollout, layers),
-        "Text GAME": cls(TextGAME, layers),
-        "Captum LayerIntegratedGradients (token embeddings)": lambda ids, t, m: lig.attribute(
+        GRAD_ECLIP: cls(TextGradECLIP, layers[-8:]),
+        TEXT_ATTENTION: cls(TextAttention, layers[-1]),
+        TEXT_ROLLOUT: cls(TextRollout, layers),
+        TEXT_GAME: cls(TextGAME, layers),
+        LAYER_INTEGRATED_GRADIENTS: lambda ids, t, m: lig.attribute(
             ids, target=t, additional_forward_args=(m,), n_steps=50).sum(-1),
     }

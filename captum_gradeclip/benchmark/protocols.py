@@ -6,18 +6,18 @@
   image explained for the prompt the model ranks first) lives in :mod:`.folder`, on the dataset
   engine, with the same deletion / insertion scoring as :func:`faithfulness`, per image.
 
-Both return ``{"protocol": ..., "image": {method: {metric key: value}}, "text": {...}, ...}``
-with the metric keys of :mod:`.report`.
+Both return ``{"protocol": ..., "image": [Score, ...], "text": [Score, ...], ...}`` with the
+typed records of :mod:`.report`.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import TYPE_CHECKING, Dict, List, Tuple
 
 import torch
 
+from .config import FaithfulnessConfig, ShapesConfig
 from .methods import image_methods, select, text_methods
 from .report import (
     DELETION,
@@ -31,6 +31,9 @@ from .report import (
     POINTING_STRICT,
     WORD_DELETION,
     WORD_DELETION_NORMALISED,
+    Metric,
+    Score,
+    scores,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,23 +44,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def faithfulness(sim: "nn.Module", pixels: "Tensor", maps: "Tensor", targets: "Tensor",
-                 args: argparse.Namespace) -> Dict[str, "Tensor"]:
+                 cfg: FaithfulnessConfig) -> Dict[Metric, "Tensor"]:
     """Deletion and insertion AUCs (of the score and of zero-shot accuracy) of ``maps``.
 
     Args:
         sim: ``pixels -> (N, T)``. pixels: ``(N, 3, H, W)``. maps: ``(N, 1, h, w)``.
-        targets: ``(N,)``. args: with ``step`` and ``replacement``.
+        targets: ``(N,)``. cfg: the step and replacement.
 
     Returns:
-        metric key of :data:`~.report.FAITHFULNESS` -> ``(N,)``.
+        each metric of :data:`~.report.FAITHFULNESS` -> ``(N,)``.
     """
     from ..metrics import deletion, insertion
 
-    kw = dict(step=args.step, replacement=args.replacement, accuracy=True)
+    kw = dict(step=cfg.step, replacement=cfg.replacement, accuracy=True)
     d = deletion(sim, pixels, maps, targets, **kw)
     i = insertion(sim, pixels, maps, targets, **kw)
-    return {DELETION.key: d.auc, INSERTION.key: i.auc, DELETION_ACC.key: d.accuracy_auc,
-            INSERTION_ACC.key: i.accuracy_auc}
+    return {DELETION: d.auc, INSERTION: i.auc, DELETION_ACC: d.accuracy_auc, INSERTION_ACC: i.accuracy_auc}
 
 
 # ---- ShapesCLIP --------------------------------------------------------------------------------
@@ -86,33 +88,37 @@ def explain_in_batches(fn: "ImageMethod", pixels: "Tensor", targets: "Tensor", b
     return torch.cat(maps), time.perf_counter() - t0
 
 
-def score_shapes(sim, pixels, maps, targets, masks, seconds: float, args) -> Dict[str, float]:
-    """Localisation against ``masks (N, H, W)``, faithfulness and time of one method's ``maps``."""
+def score_shapes(sim: "nn.Module", pixels: "Tensor", maps: "Tensor", targets: "Tensor", masks: "Tensor",
+                 seconds: float, cfg: FaithfulnessConfig) -> Dict[Metric, float]:
+    """Localisation against ``masks (N, H, W)``, faithfulness (``cfg``) and time of one method's
+    ``maps (N, 1, h, w)`` of ``pixels (N, 3, H, W)`` for ``targets (N,)``."""
     from ..metrics import energy_pointing_game, pointing_game
 
-    faith = faithfulness(sim, pixels, maps, targets, args)
-    return {POINTING.key: pointing_game(maps, masks).float().mean().item(),
-            POINTING_STRICT.key: pointing_game(maps, masks, tolerance=0).float().mean().item(),
-            ENERGY_POINTING.key: energy_pointing_game(maps, masks).mean().item(),
-            **{m.key: faith[m.key].mean().item() for m in FAITHFULNESS},
-            MS_PER_EXPLANATION.key: 1000 * seconds / len(pixels)}
+    faith = faithfulness(sim, pixels, maps, targets, cfg)
+    return {POINTING: pointing_game(maps, masks).float().mean().item(),
+            POINTING_STRICT: pointing_game(maps, masks, tolerance=0).float().mean().item(),
+            ENERGY_POINTING: energy_pointing_game(maps, masks).mean().item(),
+            **{m: faith[m].mean().item() for m in FAITHFULNESS},
+            MS_PER_EXPLANATION: 1000 * seconds / len(pixels)}
 
 
-def _shapes_image_side(clip: "LoadedCLIP", items: List[dict], pixels: "Tensor", args) -> Tuple[dict, dict]:
-    """``(results, example maps)``: every image method on every item, for its own prompt among all
+def _shapes_image_side(clip: "LoadedCLIP", items: List[dict], pixels: "Tensor", cfg: ShapesConfig) -> Tuple[List[Score], dict]:
+    """``(scores, example maps)``: every image method on every item, for its own prompt among all
     single-object prompts."""
     from ..shapes import all_prompts
 
     targets = torch.tensor([it["target"] for it in items])
     masks = torch.stack([it["mask"] for it in items])
     sim = clip.image_similarity(*clip.tokens(all_prompts()))
-    results, examples = {}, {}
-    for name, fn in select(image_methods(clip, sim), args.methods).items():
-        maps, seconds = explain_in_batches(fn, pixels, targets, args.batch)
-        r = results[name] = score_shapes(sim, pixels, maps, targets, masks, seconds, args)
-        examples[name] = maps[: args.examples]
-        print(f"  {name:52s} {seconds:6.1f}s  pointing {r[POINTING.key]:.3f} (strict {r[POINTING_STRICT.key]:.3f})  "
-              f"deletion {r[DELETION.key]:.4f}  insertion {r[INSERTION.key]:.4f}", flush=True)
+    results: List[Score] = []
+    examples = {}
+    for name, fn in select(image_methods(clip, sim), cfg.methods).items():
+        maps, seconds = explain_in_batches(fn, pixels, targets, cfg.batch)
+        r = score_shapes(sim, pixels, maps, targets, masks, seconds, cfg.faithfulness)
+        results += scores(name, r)
+        examples[name] = maps[: cfg.examples]
+        print(f"  {name:52s} {seconds:6.1f}s  pointing {r[POINTING]:.3f} (strict {r[POINTING_STRICT]:.3f})  "
+              f"deletion {r[DELETION]:.4f}  insertion {r[INSERTION]:.4f}", flush=True)
     return results, examples
 
 
@@ -127,7 +133,7 @@ def _captions(items: List[dict], pixels: "Tensor") -> Tuple[List[str], List["Ten
     return caps, imgs
 
 
-def _shapes_text_side(clip: "LoadedCLIP", caps: List[str], imgs: List["Tensor"], args) -> dict:
+def _shapes_text_side(clip: "LoadedCLIP", caps: List[str], imgs: List["Tensor"], cfg: ShapesConfig) -> List[Score]:
     """Word deletion of every text method on each caption, explained against its own image."""
     from ..metrics import word_deletion
 
@@ -135,36 +141,41 @@ def _shapes_text_side(clip: "LoadedCLIP", caps: List[str], imgs: List["Tensor"],
     ids, am = clip.tokens(caps)
     pos = torch.arange(ids.shape[1])[None]
     words = (pos > 0) & (pos < tsim.eos_positions(ids)[:, None])
-    repl = clip.tokenizer.convert_tokens_to_ids(args.word_replacement)
+    repl = clip.tokenizer.convert_tokens_to_ids(cfg.word_replacement)
     tgt = torch.arange(len(caps))
-    results = {}
+    results: List[Score] = []
     for name, fn in text_methods(clip, tsim).items():
         t0 = time.perf_counter()
         attr = torch.cat([fn(ids[i:i + 1], int(tgt[i]), am[i:i + 1]).detach().float() for i in range(len(caps))])
         elapsed = time.perf_counter() - t0
         wd = word_deletion(tsim, ids, attr, tgt, replacement_id=repl, words=words, additional_forward_args=(am,))
-        results[name] = {WORD_DELETION.key: wd.auc.mean().item(),
-                         WORD_DELETION_NORMALISED.key: wd.normalized_auc.mean().item(),
-                         MS_PER_EXPLANATION.key: 1000 * elapsed / len(caps)}
+        results += scores(name, {WORD_DELETION: wd.auc.mean().item(),
+                                 WORD_DELETION_NORMALISED: wd.normalized_auc.mean().item(),
+                                 MS_PER_EXPLANATION: 1000 * elapsed / len(caps)})
     return results
 
 
-def run_shapes(args: argparse.Namespace) -> dict:
-    """The ShapesCLIP protocol on ``args.n`` scenes (``args.model``: another ShapesCLIP checkpoint)."""
+def run_shapes(cfg: ShapesConfig) -> dict:
+    """The ShapesCLIP protocol on ``cfg.n`` scenes (``cfg.model``: another ShapesCLIP checkpoint).
+
+    Raises:
+        CLIError: ``cfg.word_replacement`` is not one token of the model's vocabulary; a
+            ``cfg.methods`` pattern that matches no method.
+    """
     from .._io import CLIError
     from ..models import load_shapes
 
     torch.manual_seed(0)
-    clip = load_shapes(args.model)
+    clip = load_shapes(cfg.model)
     tok = clip.tokenizer
-    if tok.convert_tokens_to_ids(args.word_replacement) in (None, tok.unk_token_id):
-        raise CLIError(f"--word-replacement {args.word_replacement!r} is not one token of the model's vocabulary")
-    items = shapes_items(args.n)
+    if tok.convert_tokens_to_ids(cfg.word_replacement) in (None, tok.unk_token_id):
+        raise CLIError(f"--word-replacement {cfg.word_replacement!r} is not one token of the model's vocabulary")
+    items = shapes_items(cfg.n)
     pixels = clip.pixels([it["image"] for it in items])
-    results, examples = _shapes_image_side(clip, items, pixels, args)
+    results, examples = _shapes_image_side(clip, items, pixels, cfg)
     caps, imgs = _captions(items, pixels)
-    text_results = _shapes_text_side(clip, caps, imgs, args) if caps else {}
-    return dict(protocol="shapes", scenes=args.n, items=len(items), captions=len(caps), step=args.step,
-                replacement=args.replacement, image=results, text=text_results,
+    text_results = _shapes_text_side(clip, caps, imgs, cfg) if caps else []
+    return dict(protocol="shapes", scenes=cfg.n, items=len(items), captions=len(caps), step=cfg.faithfulness.step,
+                replacement=cfg.faithfulness.replacement, image=results, text=text_results,
                 _examples=dict(maps=examples, image=items[0]["image"], prompt=items[0]["prompt"],
                                mask=items[0]["mask"]))

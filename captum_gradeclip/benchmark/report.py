@@ -1,8 +1,10 @@
 """What the benchmark reports: its metrics (each named and headed once), the markdown table, the
 plot, and the three output files.
 
-A result is ``{"image": {method: {metric key: value}}, "text": {...}, ...}``; keys starting with
-``_`` (the example maps) are left out of ``benchmark.json``.
+A result is ``{"image": [Score, ...], "text": [Score, ...], ...}``: typed records (method,
+metric, value), the method a :class:`~.methods.MethodName` (its label and colour come with it,
+never parsed back out of the name). ``benchmark.json`` holds them as ``{method: {metric key:
+value}}`` (:func:`as_json`); keys starting with ``_`` (the example maps) are left out of it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .methods import MethodName
 
 
 @dataclass(frozen=True)
@@ -58,17 +62,45 @@ TEXT_COLUMNS = (WORD_DELETION, WORD_DELETION_NORMALISED, MS_PER_EXPLANATION, PEA
 PLOTTED = (POINTING, ENERGY_POINTING, DELETION, INSERTION)
 
 
+@dataclass(frozen=True)
+class Score:
+    """One reported number: ``method``'s ``value`` of ``metric`` (a mean over the items)."""
+
+    method: MethodName
+    metric: Metric
+    value: float
+
+
+def scores(method: MethodName, values: Mapping[Metric, float]) -> List[Score]:
+    """One :class:`Score` per metric of ``values``, in its order."""
+    return [Score(method, m, float(v)) for m, v in values.items()]
+
+
+def by_method(rows: Sequence[Score]) -> Dict[MethodName, Dict[Metric, float]]:
+    """method -> metric -> value, methods and metrics in the order they first come."""
+    out: Dict[MethodName, Dict[Metric, float]] = {}
+    for r in rows:
+        out.setdefault(r.method, {})[r.metric] = r.value
+    return out
+
+
+def as_json(rows: Sequence[Score]) -> Dict[str, Dict[str, float]]:
+    """``{method: {metric key: value}}``, as ``benchmark.json`` holds a side's scores."""
+    return {str(m): {k.key: v for k, v in per.items()} for m, per in by_method(rows).items()}
+
+
 def _fmt(v: Optional[float]) -> str:
     if v is None:
         return "-"
     return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
 
 
-def _section(side: str, rows: dict, columns: Sequence[Metric]) -> List[str]:
-    """A markdown table of ``rows`` (method -> metrics) with the columns some method has."""
-    cols = [c for c in columns if any(c.key in r for r in rows.values())]
+def _section(side: str, rows: Sequence[Score], columns: Sequence[Metric]) -> List[str]:
+    """A markdown table of ``rows`` (one line per method) with the columns some method has."""
+    per = by_method(rows)
+    cols = [c for c in columns if any(c in r for r in per.values())]
     lines = [f"| {side} method | " + " | ".join(c.heading for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(_fmt(r.get(c.key)) for c in cols) + " |" for name, r in rows.items()]
+    lines += [f"| {name} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for name, r in per.items()]
     return lines
 
 
@@ -80,34 +112,28 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _short(name: str) -> str:
-    """A method's name for the plot: no "Captum " and no details, but the Grad-ECLIP variant."""
-    variant = " (" + name.split(" (")[1].split(",")[0].rstrip(")") + ")" if "Grad-ECLIP (" in name else ""
-    return name.replace("Captum ", "").split(" (")[0] + variant
-
-
-def _bars(fig, gs, image: dict, metrics: Sequence[Metric], per: int) -> None:
+def _bars(fig, gs, image: Dict[MethodName, Dict[Metric, float]], metrics: Sequence[Metric], per: int) -> None:
     """One horizontal bar chart per metric in the top row, Grad-ECLIP in red."""
     names = list(image)
     for j, m in enumerate(metrics):
         ax = fig.add_subplot(gs[0, j * per:(j + 1) * per])
-        ax.barh(range(len(names)), [image[n][m.key] for n in names],
-                color=["tab:red" if n.startswith("Grad-ECLIP") else "tab:gray" for n in names])
+        ax.barh(range(len(names)), [image[n][m] for n in names],
+                color=["tab:red" if n.ours else "tab:gray" for n in names])
         ax.set_yticks(range(len(names)))
-        ax.set_yticklabels([_short(n) for n in names] if j == 0 else [""] * len(names), fontsize=7)
+        ax.set_yticklabels([n.short for n in names] if j == 0 else [""] * len(names), fontsize=7)
         ax.invert_yaxis()
         ax.set_title(m.title, fontsize=9)
         ax.tick_params(labelsize=7)
 
 
-def _examples(fig, gs, ex: dict, names: Sequence[str]) -> None:
+def _examples(fig, gs, ex: dict, names: Sequence[MethodName]) -> None:
     """Each method's map of the first example in the bottom row."""
     from ..visualization import visualize_image_attr
 
     for j, n in enumerate(names):
         ax = fig.add_subplot(gs[1, j])
         visualize_image_attr(ex["maps"][n][0], ex["image"].resize((128, 128), 0), ax=ax)
-        ax.set_title(_short(n), fontsize=6)
+        ax.set_title(n.short, fontsize=6)
     fig.suptitle(f"example: \"{ex['prompt']}\"", fontsize=9, y=0.38)
 
 
@@ -117,8 +143,8 @@ def plot(res: dict, out: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    image = res["image"]
-    metrics = [m for m in PLOTTED if m.key in next(iter(image.values()))]
+    image = by_method(res["image"])
+    metrics = [m for m in PLOTTED if m in next(iter(image.values()))]
     ex = res.get("_examples")
     n_ex = len(image) if ex else 0
     fig = Figure(figsize=(max(14, 1.6 * n_ex), 4.6 + (2.4 if ex else 0)))
@@ -136,7 +162,8 @@ def save(res: dict, out: Path) -> str:
     """Write ``benchmark.json``, ``benchmark.md`` and ``benchmark.png`` to the folder ``out``;
     returns the table."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark.json").write_text(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}, indent=2))
+    doc = {k: as_json(v) if k in ("image", "text") else v for k, v in res.items() if not k.startswith("_")}
+    (out / "benchmark.json").write_text(json.dumps(doc, indent=2))
     md = table(res)
     (out / "benchmark.md").write_text(md + "\n")
     plot(res, out / "benchmark.png")

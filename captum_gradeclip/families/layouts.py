@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -31,13 +31,14 @@ class ProbeLayout(ImageLayout):
         patch_size: overrides ``forward_func.patch_size``.
 
     Raises:
+        ValueError: a ``patch_size`` that is not a positive int or a pair of them (as
+            :class:`~captum_gradeclip._core.layout.ImageLayout` checks).
         ValueError: (at ``attribute``) the explained layer is a self-attention (its query has
             ``L`` rows, not one probe): pass the pooling head instead.
     """
 
-    def __init__(self, forward_func: Any, patch_size: Any = None) -> None:
-        self.patch_size = patch_size if patch_size is not None else getattr(forward_func, "patch_size", None)
-        self.pooled_token = 0
+    #: the tower pools with the head's probe (query row 0), not with a token of the layer
+    pools_a_token = False
 
     def tokens(self, inputs: Tuple[Tensor, ...], capture: Capture) -> LayerTokens:
         rows, keys = capture.query.shape[1], capture.key.shape[1]

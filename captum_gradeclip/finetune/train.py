@@ -346,7 +346,7 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
     cfg.check(d.world)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from ..shapes.train import _optimizer
+    from ..shapes.train import make_optimizer
 
     mined = getattr(source, "mined", False)
     teacher = Teacher(model, processor.tokenizer, cfg.masks) if cfg.masks in TEACHER_METHODS and not mined else None
@@ -360,7 +360,7 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(student, device_ids=[torch.device(d.device).index] if d.device.startswith("cuda") else None)
-    opt, sched = _optimizer(list(model.parameters()), cfg)
+    opt, sched = make_optimizer(list(model.parameters()), cfg)
     fp = fingerprint(model, source)
     history: Dict[str, Any] = {"log": [], "runs": []}
     start = load_checkpoint(out / "checkpoint.pt", model, opt, sched, cfg, fp, history, momentum)
