@@ -41,10 +41,11 @@ import torch
 from captum_gradeclip.finetune import FinetuneConfig, ShapesSource, evaluate_finetuning, finetune
 from captum_gradeclip.finetune.evaluate import EVAL_SEED_START, recognition
 from captum_gradeclip.shapes import load_shapes_clip
+from captum_gradeclip.shapes.seeds import SEEDS
 
-CHOOSE = (700_000, 150)
-REPORT = (800_000, 150)
-CALIBRATION = (750_000, 100)
+#: (first seed, count) of each range, from the package's registry (captum_gradeclip.shapes.seeds)
+CHOOSE, REPORT, CALIBRATION = ((SEEDS[f"finetune-ablation-{k}"].start, len(SEEDS[f"finetune-ablation-{k}"]))
+                               for k in ("choose", "report", "calibration"))
 PACKAGE_SCENES = 500
 #: The pre-ablation default (the README's first tables), every variant off.
 BASE = FinetuneConfig(confidence=False, focal_gamma=0.0, region_form="softmax", momentum=0.0, distill=0.0,

@@ -14,6 +14,7 @@ from captum_gradeclip._io import CLIError, open_image
 from captum_gradeclip.analysis import attributes as A
 from captum_gradeclip.analysis.probes import load_probes, read_probes
 from captum_gradeclip.analysis.stats import bootstrap_ci
+from captum_gradeclip.shapes.seeds import SEEDS
 
 
 def _m(*vals) -> torch.Tensor:
@@ -183,7 +184,7 @@ def test_shapes_suite_ground_truth(clip):
     three, two = suite[:3], suite[3:]
     seeds = [int(s.key.split(":")[1]) for s in suite]
     assert all(A.ATTRIBUTES_SEED_START <= s < A.BINDING_SEED_START for s in seeds[:3])
-    assert all(A.BINDING_SEED_START <= s < A.BINDING_SEED_START + 50_000 for s in seeds[3:])
+    assert all(A.BINDING_SEED_START <= s < A.BINDING_SEED_START + len(SEEDS["analysis-binding"]) for s in seeds[3:])
     for sc in three:
         cats = {p.category: p for p in sc.probes}
         assert set(cats) == {"object", "colour", "colour+shape", "two objects", "absent"}

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import energy_pointing_game, pointing_game
+from ..shapes.seeds import SEEDS
 from .stats import Interval, bootstrap_ci
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,15 +48,12 @@ __all__ = [
     "score_probe", "shapes_suite", "summarize", "to_input_geometry",
 ]
 
-#: The generated suite's three-object scenes use seeds from here (ShapesCLIP's training uses
-#: 1,000,000 + 100,000,000 * seed + ..., its evaluation 0-499, the benchmark 0-99 and
-#: 10,000-10,059, finetune's evaluation 500,000 ... and calibration 600,000 ..., ``analyze
-#: decomposition`` 700,000 ..., ``analyze concreteness`` 750,000 ..., finetune's training
-#: 5,000,000,000 ...): 800,000-849,999 are used by nothing else.
-ATTRIBUTES_SEED_START = 800_000
-#: The binding category's two-object scenes: seeds 850,000-899,999.
-BINDING_SEED_START = 850_000
-_SEED_SPAN = 50_000
+#: The generated suite's three-object scenes use seeds from here: the range ``analysis-attributes``
+#: of :mod:`captum_gradeclip.shapes.seeds`, used by nothing else.
+ATTRIBUTES_SEED_START = SEEDS["analysis-attributes"].start
+#: The binding category's two-object scenes: the range ``analysis-binding``.
+BINDING_SEED_START = SEEDS["analysis-binding"].start
+_SEED_SPAN = len(SEEDS["analysis-attributes"])
 
 #: Every category a probe may have (a probe file may use any of them; "other" for the rest).
 CATEGORIES: Tuple[str, ...] = ("object", "colour", "colour+shape", "binding", "two objects", "absent",

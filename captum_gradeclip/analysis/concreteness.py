@@ -13,11 +13,9 @@ one is looked up as its regular base forms (``-s``, ``-es``, ``-ies -> -y``, ``-
 the first one rated becoming its lemma (``circles -> circle``); otherwise it stays unrated and is
 counted and listed, never dropped silently.
 
-ShapesCLIP's scenes for this study: seeds :data:`CONCRETENESS_SEED_START` ... (750,000-799,999),
-disjoint from ShapesCLIP's training (1,000,000 and up), the benchmark (0-99), ``shapes.evaluate``
-(0-499), the configuration study (10,000-10,059), fine-tuning's evaluation and calibration
-(500,000-699,999), the decomposition study (700,000-749,999) and the attributes study
-(800,000-899,999).
+ShapesCLIP's scenes for this study: seeds :data:`CONCRETENESS_SEED_START` ... (the range
+``analysis-concreteness`` of :mod:`captum_gradeclip.shapes.seeds`, disjoint from every other range
+the package uses).
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from torch import Tensor
 
+from ..shapes.seeds import SEEDS
 from .common import AnalysisError
 from .stats import Interval, bootstrap_ci, bootstrap_stat, partial_correlation, pearson, spearman
 from .words import WordSpan, merge_words, word_values
@@ -39,7 +38,7 @@ __all__ = ["BANDS", "CONCRETENESS_SEED_START", "CaptionError", "WordRow", "WordS
            "lemma_of", "load_ratings", "summarize", "word_stats"]
 
 #: First ShapesCLIP scene seed of this study (see the module docstring).
-CONCRETENESS_SEED_START = 750_000
+CONCRETENESS_SEED_START = SEEDS["analysis-concreteness"].start
 #: Concreteness bands ``[low, high)`` (the last includes 5).
 BANDS: Tuple[Tuple[float, float], ...] = ((1.0, 2.0), (2.0, 3.0), (3.0, 4.0), (4.0, 5.0))
 RATINGS_INSTALL = "pip install 'captum-gradeclip[analysis]'"

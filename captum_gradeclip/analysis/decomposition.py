@@ -14,12 +14,10 @@ Then:
 - with true masks (ShapesCLIP): the pointing game of each ``M_p`` on its object, and the share
   of ``M``'s positive energy inside the union of the caption's objects.
 
-ShapesCLIP's scenes for this study: seeds :data:`DECOMPOSITION_SEED_START` ... (700,000-749,999;
-2-4 objects, the caption naming all of them, the phrases the objects' prompts), disjoint from
-ShapesCLIP's training (1,000,000 and up), the benchmark (0-99), ``shapes.evaluate`` (0-499), the
-configuration study (10,000-10,059), fine-tuning's evaluation and calibration
-(500,000-699,999), the concreteness study (750,000-799,999) and the attributes study
-(800,000-899,999).
+ShapesCLIP's scenes for this study: seeds :data:`DECOMPOSITION_SEED_START` ... (the range
+``analysis-decomposition`` of :mod:`captum_gradeclip.shapes.seeds`, disjoint from every other
+range the package uses; 2-4 objects, the caption naming all of them, the phrases the objects'
+prompts).
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..shapes.seeds import SEEDS
 from .stats import bootstrap_ci, pearson, spearman
 from .words import merge_words, word_values
 
@@ -39,7 +38,7 @@ __all__ = ["DECOMPOSITION_SEED_START", "DecompositionRow", "PairError", "PairSpe
            "deleted", "job_texts", "phrase_weights", "summarize", "top_iou"]
 
 #: First ShapesCLIP scene seed of this study (see the module docstring).
-DECOMPOSITION_SEED_START = 700_000
+DECOMPOSITION_SEED_START = SEEDS["analysis-decomposition"].start
 #: The share of a map's cells that make its top region (for the IoU).
 TOP_FRACTION = 0.2
 
