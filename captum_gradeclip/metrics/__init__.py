@@ -5,6 +5,8 @@
 - :func:`pointing_game` (the standard one: 15 px at 224 px, scaled; ``tolerance=0`` for the strict
   variant), :func:`energy_pointing_game`, :func:`mask_iou`: against object masks.
 - :func:`word_deletion` / :func:`word_insertion`: the text-side curves.
+- :func:`deletion_protocol` / :func:`insertion_protocol`: the Grad-ECLIP authors' ImageNet
+  protocol on one image in pixel space (top-1/5/10 curves and AUCs, :mod:`.protocol`).
 
 Maps of any resolution ``(N, 1, h, w)``, ``(N, h, w)`` or ``(N, C, H, W)`` (summed over channels)
 are upsampled (bilinear) to the image.
@@ -17,6 +19,8 @@ bool targets (``TypeError``).
 
 from .localization import energy_pointing_game, mask_iou, pointing_game, standard_tolerance
 from .perturbation import CurveResult, deletion, insertion, word_deletion, word_insertion
+from .protocol import ProtocolCurves, authors_saliency, deletion_protocol, insertion_protocol, protocol_auc, topk_hits
 
-__all__ = ["CurveResult", "deletion", "energy_pointing_game", "insertion", "mask_iou", "pointing_game",
-           "standard_tolerance", "word_deletion", "word_insertion"]
+__all__ = ["CurveResult", "ProtocolCurves", "authors_saliency", "deletion", "deletion_protocol",
+           "energy_pointing_game", "insertion", "insertion_protocol", "mask_iou", "pointing_game", "protocol_auc",
+           "standard_tolerance", "topk_hits", "word_deletion", "word_insertion"]
