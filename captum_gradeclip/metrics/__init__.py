@@ -7,6 +7,8 @@
 - :func:`word_deletion` / :func:`word_insertion`: the text-side curves.
 - :func:`deletion_protocol` / :func:`insertion_protocol`: the Grad-ECLIP authors' ImageNet
   protocol on one image in pixel space (top-1/5/10 curves and AUCs, :mod:`.protocol`).
+- :func:`confusion_matrix`, :func:`segmentation_scores` (mIoU, per-class IoU, pixel accuracy,
+  ignore label), :func:`foreground_scores` (the binary foreground protocol): :mod:`.segmentation`.
 
 Maps of any resolution ``(N, 1, h, w)``, ``(N, h, w)`` or ``(N, C, H, W)`` (summed over channels)
 are upsampled (bilinear) to the image.
@@ -20,7 +22,16 @@ bool targets (``TypeError``).
 from .localization import energy_pointing_game, mask_iou, pointing_game, standard_tolerance
 from .perturbation import CurveResult, deletion, insertion, word_deletion, word_insertion
 from .protocol import ProtocolCurves, authors_saliency, deletion_protocol, insertion_protocol, protocol_auc, topk_hits
+from .segmentation import (
+                           ForegroundScores,
+                           SegmentationScores,
+                           average_precision,
+                           confusion_matrix,
+                           foreground_scores,
+                           segmentation_scores,
+)
 
-__all__ = ["CurveResult", "ProtocolCurves", "authors_saliency", "deletion", "deletion_protocol",
+__all__ = ["CurveResult", "ForegroundScores", "ProtocolCurves", "SegmentationScores", "average_precision",
+           "confusion_matrix", "foreground_scores", "segmentation_scores", "authors_saliency", "deletion", "deletion_protocol",
            "energy_pointing_game", "insertion", "insertion_protocol", "mask_iou", "pointing_game", "protocol_auc",
            "standard_tolerance", "topk_hits", "word_deletion", "word_insertion"]
