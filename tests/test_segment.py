@@ -95,3 +95,46 @@ def test_shapes_labels_and_threshold_on_held_out_scenes():
     t, miou = choose_threshold([maps], [lab])
     assert t == 0.05 and math.isclose(miou, 1.0)
     assert np.isfinite(miou)
+
+
+def test_segment_command_writes_labels_and_scores_them(tmp_path):
+    """The command on ShapesCLIP scenes with index-PNG masks (and an ignore label): the label PNGs
+    are index images, and scores.json equals the confusion matrix recomputed from them."""
+    import json
+
+    from PIL import Image
+
+    from captum_gradeclip.cli import main
+    from captum_gradeclip.metrics.segmentation import confusion_matrix, segmentation_scores
+    from captum_gradeclip.segment.job import read_mask
+    from captum_gradeclip.shapes import all_prompts, render_scene
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "masks").mkdir()
+    for s in range(3):
+        scene = render_scene(seed=s)
+        scene.image.save(tmp_path / "img" / f"s{s}.png")
+        lab = scene_labels(scene, all_prompts())
+        lab[0, :5] = 255  # an ignored strip
+        Image.fromarray(lab.numpy().astype(np.uint8), mode="L").save(tmp_path / "masks" / f"s{s}.png")
+    (tmp_path / "prompts.txt").write_text("\n".join(all_prompts()) + "\n")
+    out = tmp_path / "out"
+    argv = ["segment", "--images", str(tmp_path / "img"), "--prompts", str(tmp_path / "prompts.txt"),
+            "--masks", str(tmp_path / "masks"), "--out", str(out), "--threshold", "0.4", "--no-progress"]
+    assert main(argv) == 0
+    conf = 0
+    for s in range(3):
+        pred = read_mask(out / "labels" / f"s{s}.png")
+        truth = read_mask(tmp_path / "masks" / f"s{s}.png")
+        assert pred.shape == (64, 64) and pred.max() <= 48
+        assert (out / "overlays" / f"s{s}.png").is_file()
+        conf = conf + confusion_matrix(pred, truth, 49)
+    scores = json.loads((out / "scores.json").read_text())
+    expected = segmentation_scores(conf)
+    assert math.isclose(scores["miou"], expected.miou, rel_tol=1e-9)
+    assert math.isclose(scores["pixel_accuracy"], expected.pixel_accuracy, rel_tol=1e-9)
+    assert conf.sum() == 3 * (64 * 64 - 5)
+    assert 0 <= scores["fg_ap"] <= 1 and scores["per_class_iou"]["background"] is not None
+    Image.new("RGB", (64, 64)).save(tmp_path / "masks" / "s0.png")  # a colour mask: an error row, named
+    assert main(argv[:-5] + ["--out", str(tmp_path / "out2"), "--no-progress"]) == 0
+    assert "RGB image" in (tmp_path / "out2" / "errors.jsonl").read_text()

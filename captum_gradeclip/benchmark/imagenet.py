@@ -366,7 +366,8 @@ def _config(args: Any, keys: Sequence[str], names: Sequence[str], temps: Sequenc
             "images_sha256": digest}
 
 
-def _map_input(clip: Any, kind: str) -> MapInput:
+def map_input_for(clip: Any, kind: str) -> MapInput:
+    """The :class:`MapInput` of ``kind`` (``"native"`` or ``"model"``) for a loaded CLIP."""
     from PIL import Image
 
     mean, std = mean_std(clip)
@@ -399,7 +400,7 @@ def run_protocol(args: Any) -> Optional[Dict[str, Any]]:
         forward = zero_shot_forward(clip, zero_shot_weights(clip, names, temps))
         explainer = ProtocolExplainer(forward, pixel_classifier(clip, forward),
                                       select(image_methods(clip, forward), args.methods),
-                                      _map_input(clip, args.map_input), args.target)
+                                      map_input_for(clip, args.map_input), args.target)
         summary = run(dataset, explainer, out, ranks, batch_size=args.batch, shard_size=SHARD_SIZE, num_workers=1,
                       progress=False)
     if ranks.rank != 0:
