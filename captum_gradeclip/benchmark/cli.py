@@ -93,5 +93,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     b.add_argument("--map-input", default="native", choices=["native", "model"],
                    help="grad-eclip: maps at the image's resolution (the authors') or at the model's input size")
     b.add_argument("--out-dir", default="benchmark_out")
+    from ..scale.sources import add_source_arguments
+
+    add_source_arguments(b)  # --hf-dataset / --webdataset for --protocol grad-eclip
     b.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     b.set_defaults(func=cmd_benchmark)

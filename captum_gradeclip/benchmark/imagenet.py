@@ -348,7 +348,7 @@ def _source(args: Any) -> LabelledImages:
     if getattr(args, "hf_dataset", None) or getattr(args, "webdataset", None):
         from ..scale.sources import labelled_source
 
-        return labelled_source(args)
+        return LabelledImages(*labelled_source(args))
     if not args.images:
         raise CLIError("--protocol grad-eclip needs labelled images: --images DIR (DIR/CLASS/IMAGE), "
                        "--hf-dataset or --webdataset")

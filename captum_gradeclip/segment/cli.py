@@ -142,4 +142,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true")
+    from ..scale.sources import add_source_arguments
+
+    add_source_arguments(p)
     p.set_defaults(func=cmd_segment)
