@@ -16,14 +16,16 @@ from captum_gradeclip.cli import main
 from captum_gradeclip.scale import read_maps
 from captum_gradeclip.scale.sources import expand_braces
 
-datasets = pytest.importorskip("datasets", reason="the data extra (pip install 'captum-gradeclip[data]')")
-
 N = 4
+
+
+def _datasets():
+    return pytest.importorskip("datasets", reason="the data extra (pip install 'captum-gradeclip[data]')")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from captum_gradeclip.shapes import COLOUR_NAMES, render_scene
+    from captum_gradeclip.shapes import render_scene
 
     root = tmp_path_factory.mktemp("src")
     (root / "img").mkdir()
@@ -34,18 +36,29 @@ def data(tmp_path_factory):
         files.append(path)
         labels.append(s % 2)
     (root / "prompts.txt").write_text("a red circle\na blue square\n")
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=COLOUR_NAMES[:2]),
-                                  "text": datasets.Value("string")})
-    ds = datasets.Dataset.from_dict({"image": [str(f) for f in files], "label": labels,
-                                     "text": ["a red circle"] * N}, features=features)
-    ds.save_to_disk(str(root / "hf"))
-    ds.to_parquet(str(root / "data.parquet"))
+    try:
+        import datasets
+    except ImportError:  # the WebDataset tests need only tarfile
+        datasets = None
+    if datasets is not None:
+        _save_hf(datasets, root, files, labels)
     for shard in range(2):  # WebDataset: two shards, the images split between them
         with tarfile.open(root / f"wds-{shard:03d}.tar", "w") as tar:
             for f in files[shard::2]:
                 tar.add(f, arcname=f.name)
                 _add(tar, f.stem + ".cls", str(labels[files.index(f)]).encode())
     return root
+
+
+def _save_hf(datasets, root, files, labels):
+    from captum_gradeclip.shapes import COLOUR_NAMES
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=COLOUR_NAMES[:2]),
+                                  "text": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"image": [str(f) for f in files], "label": labels,
+                                     "text": ["a red circle"] * N}, features=features)
+    ds.save_to_disk(str(root / "hf"))
+    ds.to_parquet(str(root / "data.parquet"))
 
 
 def _add(tar, name, payload):
@@ -65,6 +78,8 @@ def test_braces():
 
 @pytest.mark.parametrize("kind", ["hf", "parquet", "webdataset"])
 def test_rows_equal_the_folder_readers(data, tmp_path, kind):
+    if kind != "webdataset":
+        _datasets()
     source = {"hf": ["--hf-dataset", str(data / "hf")], "parquet": ["--hf-dataset", str(data / "data.parquet")],
               "webdataset": ["--webdataset", str(data / "wds-{000..001}.tar")]}[kind]
     common = ["--prompts", str(data / "prompts.txt"), "--batch-size", "2", "--shard-size", "2", "--workers", "0",
@@ -92,6 +107,12 @@ def test_bad_records_are_error_rows_and_texts_from_the_dataset(data, tmp_path):
     assert sorted(rows) == [("ok.png", "a blue ring"), ("ok.png", "a red circle")]
     errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
     assert [e["image"] for e in errors] == ["broken.png"] and "cannot decode" in errors[0]["error"]
+    assert main(["explain-dataset", "--webdataset", str(tmp_path / "missing-{0..1}.tar"), "--out",
+                 str(tmp_path / "o2")]) == 2
+
+
+def test_hf_column_errors(data, tmp_path):
+    _datasets()
     assert main(["explain-dataset", "--hf-dataset", str(data / "hf"), "--text-column", "nope", "--out",
                  str(tmp_path / "o2")]) == 2
 
@@ -99,8 +120,10 @@ def test_bad_records_are_error_rows_and_texts_from_the_dataset(data, tmp_path):
 def test_protocol_and_segment_read_sources(data, tmp_path):
     import pyarrow.parquet as pq
 
-    argv = ["benchmark", "--protocol", "grad-eclip", "--hf-dataset", str(data / "hf"), "--label-column", "label",
-            "--templates", "a {} shape", "--methods", "cosine, default", "--out-dir", str(tmp_path / "p"), "--n", "2"]
+    (tmp_path / "names.txt").write_text("red\nblue\n")
+    argv = ["benchmark", "--protocol", "grad-eclip", "--webdataset", str(data / "wds-{000..001}.tar"),
+            "--class-names", str(tmp_path / "names.txt"), "--templates", "a {} shape", "--methods", "cosine, default",
+            "--out-dir", str(tmp_path / "p"), "--n", "2"]
     assert main(argv) == 0
     rows = pq.read_table(tmp_path / "p" / "curves" / "shard-00000.parquet").to_pylist()
     assert {(r["image"], r["label"]) for r in rows} == {("s0.png", 0), ("s1.png", 1)}  # one per class in turn
