@@ -431,20 +431,23 @@ def figure(res: Dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharey=True)
     x_del = [0.05 * i for i in range(11)]
     x_ins = [0.05 * i for i in range(1, 11)] + [1.0]
-    for name, r in res["image"].items():
-        axes[0].plot(x_del, r["deletion_top1"], marker=".", label=name)
-        axes[1].plot(x_ins, r["insertion_top1"], marker=".", label=name)
+    colours = plt.get_cmap("tab20").colors
+    for j, (name, r) in enumerate(res["image"].items()):
+        style = dict(marker=".", color=colours[j % 20], label=name, lw=2.2 if "Grad-ECLIP" in name else 1.2,
+                     ls="-" if "Grad-ECLIP" in name else "--")
+        axes[0].plot(x_del, r["deletion_top1"], **style)
+        axes[1].plot(x_ins, r["insertion_top1"], **style)
     for ax, t in zip(axes, ("deletion (random RGB): lower is better", "insertion (black canvas): higher is better")):
         ax.set_title(t, fontsize=10)
         ax.set_xlabel("share of the pixels deleted / inserted")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 accuracy")
-    axes[1].legend(fontsize=7, loc="lower right")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=7, frameon=False)
     fig.suptitle(f"the Grad-ECLIP authors' protocol: {res['images']} images, target {res['target']}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
