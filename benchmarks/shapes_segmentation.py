@@ -53,7 +53,10 @@ def figure(clip, sim, results, path: Path, seeds=(1, 4, 7)) -> None:
     best = {r.method: r for r in results if r.normalise == "joint"}
     chosen = [best[n] for n in names if n in best]
     k = len(all_prompts())
-    cmap = plt.get_cmap("tab20", k + 1)
+    from matplotlib.colors import ListedColormap
+
+    tab = plt.get_cmap("tab20").colors
+    cmap = ListedColormap([(1, 1, 1)] + [tab[j % 20] for j in range(k)])  # background white
     fig, axes = plt.subplots(len(seeds), 2 + len(chosen), figsize=(2.2 * (2 + len(chosen)), 2.3 * len(seeds)))
     for row, s in zip(axes, seeds):
         scene = render_scene(seed=s)
