@@ -20,9 +20,8 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-
-from ..metrics._maps import to_image_map
 
 ExplainFunc = Callable[..., Any]
 
@@ -32,9 +31,20 @@ def _numpy(x: Tensor) -> Any:
 
 
 def a_batch(attributions: Tensor, size: Sequence[int]) -> Any:
-    """``(N, 1, h, w)`` (or ``(N, h, w)``) maps -> ``(N, 1, H, W)`` float32 numpy at ``size = (H, W)``
-    (bilinear, as our metrics)."""
-    return _numpy(to_image_map(attributions, tuple(size))[:, None])
+    """``(N, 1, h, w)``, ``(N, C, h, w)`` or ``(N, h, w)`` maps -> ``(N, 1, H, W)`` float32 numpy at
+    ``size = (H, W)``: channels summed, bilinear upsampling, as :mod:`captum_gradeclip.metrics` does.
+
+    Raises:
+        ValueError: not 3-D or 4-D.
+    """
+    a = attributions.detach().float()
+    a = a[:, None] if a.dim() == 3 else a
+    if a.dim() != 4:
+        raise ValueError(f"attributions must be (N, 1, h, w) or (N, h, w), got {tuple(attributions.shape)}")
+    a = a.sum(1, keepdim=True)
+    if tuple(a.shape[-2:]) != tuple(size):
+        a = F.interpolate(a, size=tuple(size), mode="bilinear", align_corners=False)
+    return _numpy(a)
 
 
 def s_batch(masks: Tensor) -> Any:
