@@ -68,3 +68,16 @@ def test_where_the_definitions_differ():
     q = mass(model=None, x_batch=x, y_batch=y, a_batch=a_batch(neg, (4, 4)), s_batch=s_batch(masks))[0]
     assert abs(q - 1.0 / (1.0 - 1.5)) < 1e-6  # Quantus: 1 / (1 - 15 * 0.1), no clamping
     assert energy_pointing_game(neg, masks).item() == 1.0  # ours clamps negative values to 0
+
+
+def test_explain_func_inside_quantus_randomisation(scenes):
+    """Quantus's MPRT explains its own randomised copies through our explain_func; the user's
+    model is left as it was, and the last-layer correlations are far from 1 (Grad-ECLIP passes)."""
+    clip, sim, pixels, target, masks, maps = scenes
+    before = {k: v.clone() for k, v in sim.state_dict().items()}
+    fn = explain_func(ImageGradECLIP, layer_names(sim, clip.image_layers[-1]))
+    m = quantus.MPRT(layer_order="top_down", return_last_correlation=True, disable_warnings=True)
+    r = np.array(m(model=sim, x_batch=pixels[:2].numpy(), y_batch=target[:2].numpy(),
+                   a_batch=a_batch(maps[:2], pixels.shape[-2:]), explain_func=fn))
+    assert r.shape == (2,) and np.isfinite(r).all() and (np.abs(r) < 0.5).all()
+    assert all(torch.equal(v, sim.state_dict()[k]) for k, v in before.items())
