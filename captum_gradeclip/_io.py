@@ -17,6 +17,19 @@ class CLIError(Exception):
     """A user error: printed without a traceback, exit status 2."""
 
 
+#: The exit status of a command stopped by Ctrl-C (SIGINT), as shells report it (128 + 2).
+INTERRUPTED = 130
+
+
+def interrupted(what: str) -> SystemExit:
+    """Print one line for a command stopped by Ctrl-C (``what``: what was kept, how to resume)
+    and return the ``SystemExit`` (status :data:`INTERRUPTED`) to raise."""
+    import sys
+
+    print(f"captum-gradeclip: interrupted: {' '.join(what.split())}", file=sys.stderr, flush=True)
+    return SystemExit(INTERRUPTED)
+
+
 #: Images whose shorter side is longer are decoded reduced to this side (JPEG: at 1/2, 1/4 or 1/8
 #: scale by the decoder itself), then resized: CLIP sees 224-448 px, and the figure needs no more.
 MAX_SHORT_SIDE = 1024
@@ -39,20 +52,27 @@ def _to_8_bit_rgb(im: "Image.Image") -> "Image.Image":
 
 
 def _reduced(im: "Image.Image") -> "Image.Image":
-    """``im`` with its shorter side at most :data:`MAX_SHORT_SIDE` (call before it is decoded)."""
+    """``im`` upright (its EXIF orientation applied) with its shorter side at most
+    :data:`MAX_SHORT_SIDE` (call before it is decoded)."""
+    from PIL import ImageOps
+
     short = min(im.size)
     if short <= MAX_SHORT_SIDE:
-        return _to_8_bit_rgb(im)
+        return _to_8_bit_rgb(ImageOps.exif_transpose(im))
     size = tuple(max(1, round(v * MAX_SHORT_SIDE / short)) for v in im.size)
     im.draft("RGB", size)  # JPEG: decode at the largest 1/2^k scale still >= size; others: no-op
     rgb = _to_8_bit_rgb(im)
-    return rgb if rgb.size == size else rgb.resize(size, resample=3, reducing_gap=2.0)  # 3 = BICUBIC
+    rgb = rgb if rgb.size == size else rgb.resize(size, resample=3, reducing_gap=2.0)  # 3 = BICUBIC
+    rgb.info["exif"] = im.info.get("exif", b"")  # convert and resize drop it
+    orientation = im.getexif().get(0x0112, 1)
+    return ImageOps.exif_transpose(rgb) if orientation != 1 else rgb
 
 
 def open_image(path: str) -> "Image.Image":
     """The image at ``path``, as 8-bit RGB, read by its content (the extension does not matter).
 
-    16-bit images are scaled to 8 bits; images whose shorter side exceeds
+    The EXIF orientation is applied (``PIL.ImageOps.exif_transpose``): the image is as every
+    viewer shows it. 16-bit images are scaled to 8 bits; images whose shorter side exceeds
     :data:`MAX_SHORT_SIDE` are reduced to it while decoding (a 6000 x 6000 JPEG is decoded at
     1/4 scale instead of in full).
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
@@ -19,16 +20,49 @@ from ._io import CLIError, check_output_file, open_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
+    from torch import Tensor
 
     from .models import LoadedCLIP
 
-__all__ = ["CLIError", "explain", "main", "open_image"]
+__all__ = ["CLIError", "ImageConfig", "check_shapes_words", "explain", "image_maps", "main", "open_image"]
 
 
-def explain(clip: "LoadedCLIP", image: "Image.Image", texts: Sequence[str], caption: Optional[str] = None) -> dict:
+@dataclass(frozen=True)
+class ImageConfig:
+    """Which Grad-ECLIP explains the image tower: its last ``layers`` attention layers with the
+    ``spatial`` weights (``ImageGradECLIP``'s argument)."""
+
+    layers: int = 1
+    spatial: str = "cosine"
+
+
+#: the demo's two rows: the published default and the configuration study's choice for
+#: ShapesCLIP, each with its pointing game (15 px at 224 px) on the benchmark's 246 objects, as
+#: README.md's "Which Grad-ECLIP to run" reports them (`python benchmarks/study.py --out study.json`;
+#: tests/test_readme.py checks that they match the table)
+DEMO_ROWS = (
+    ("published default:\nlast layer, spatial=cosine", ImageConfig(1, "cosine"), 0.801),
+    ("configuration study's choice:\nlast 3 layers, spatial=cosine_per_head", ImageConfig(3, "cosine_per_head"), 0.935),
+)
+
+
+def image_maps(clip: "LoadedCLIP", pixels: "Tensor", input_ids: "Tensor", attention_mask: Optional["Tensor"],
+               config: ImageConfig = ImageConfig()) -> "Tensor":
+    """Grad-ECLIP maps of ``pixels (N, 3, H, W)`` for ``T`` texts (``input_ids (T, L)``,
+    ``attention_mask (T, L)`` or ``None``) with ``config``: ``(N, T, h, w)``."""
+    from . import ImageGradECLIP
+
+    sim = clip.image_similarity(input_ids, attention_mask)
+    layers = clip.image_layers[-1] if config.layers == 1 else list(clip.image_layers[-config.layers:])
+    return ImageGradECLIP(sim, layers, spatial=config.spatial).attribute_all(pixels)
+
+
+def explain(clip: "LoadedCLIP", image: "Image.Image", texts: Sequence[str], caption: Optional[str] = None,
+            config: ImageConfig = ImageConfig()) -> dict:
     """Grad-ECLIP image maps for each text, and word importances for each text (and ``caption``):
-    the image at its tower's last attention layer (a ViT's last block, a ResNet's attention
-    pool), the texts at their tower's last 8 blocks.
+    the image with ``config`` (default: its tower's last attention layer, a ViT's last block or
+    a ResNet's attention pool, with the cosine spatial weights), the texts at their tower's last
+    8 blocks.
 
     Returns:
         dict with ``maps`` ``(T, h, w)`` (the patch grid, or the attention pool's grid),
@@ -40,7 +74,7 @@ def explain(clip: "LoadedCLIP", image: "Image.Image", texts: Sequence[str], capt
     """
     import torch
 
-    from . import ImageGradECLIP, TextGradECLIP
+    from . import TextGradECLIP
 
     all_texts = list(texts) + ([caption] if caption else [])
     text_layers = clip.text_layers[-8:]
@@ -48,7 +82,7 @@ def explain(clip: "LoadedCLIP", image: "Image.Image", texts: Sequence[str], capt
     ids, mask = clip.tokens(all_texts)
     n = len(texts)
     sim = clip.image_similarity(ids[:n], None if mask is None else mask[:n])
-    maps = ImageGradECLIP(sim, clip.image_layers[-1]).attribute_all(pixels)[0]
+    maps = image_maps(clip, pixels, ids[:n], None if mask is None else mask[:n], config)[0]
     with torch.no_grad():
         scores = sim(pixels)[0]
     tsim = clip.text_similarity(pixels)
@@ -81,9 +115,10 @@ def _save(fig, out: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from .metrics import pointing_game
     from .models import load_shapes
     from .shapes import render_scene
-    from .visualization import explanation_figure
+    from .visualization import comparison_figure
 
     check_output_file(args.out)
     t0 = time.time()
@@ -91,11 +126,36 @@ def cmd_demo(args: argparse.Namespace) -> None:
     scene = render_scene(seed=args.seed, n_objects=3)
     caption = scene.caption()
     res = explain(clip, scene.image, scene.prompts, caption=caption)
+    pixels = clip.pixels([scene.image])
+    ids, mask = clip.tokens(scene.prompts)
+    rows = []
+    for label, config, pointing in DEMO_ROWS:
+        maps = image_maps(clip, pixels, ids, mask, config)[0]  # (T, h, w)
+        hits = pointing_game(maps[:, None], scene.masks)
+        rows.append((f"{label}\npointing game {pointing:.2f} (benchmark's\n246 objects); this scene: {int(hits.sum())} "
+                     f"of {len(hits)}", maps, hits))
     big = scene.image.resize((256, 256), 0)  # nearest: show the 64 px scene as the model sees it
-    rows = res["text_rows"][-1:] + res["text_rows"][:-1]
-    fig = explanation_figure(big, scene.prompts, res["maps"], res["scores"], rows[:1])
+    fig = comparison_figure(big, scene.prompts, rows, res["scores"], res["text_rows"][-1:])
     _save(fig, args.out)
-    print(f"scene: {caption}; explained {len(scene.prompts)} prompts and the caption in {time.time() - t0:.1f} s")
+    on_target = ", ".join(f"{int(hits.sum())}/{len(hits)}" for _, _, hits in rows)
+    print(f"scene: {caption}; maps on target (default, study's choice): {on_target}; {time.time() - t0:.1f} s")
+
+
+def check_shapes_words(texts: Sequence[str], allow: bool = False) -> None:
+    """Raises :class:`CLIError` for words outside ShapesCLIP's vocabulary (its tokenizer would
+    explain their letters); with ``allow``, a warning on stderr instead."""
+    from .shapes import unknown_words
+    from .shapes.model import WORDS
+
+    unknown = unknown_words(texts)
+    if not unknown:
+        return
+    msg = (f"ShapesCLIP does not know {', '.join(repr(w) for w in unknown)}: its tokenizer splits an unknown word "
+           f"into letters and the map would explain those; it knows: {' '.join(WORDS)}")
+    if not allow:
+        raise CLIError(f"{msg}. Use its words, give --model or --open-clip for a CLIP that knows yours, "
+                       "or pass --allow-unknown-words to explain the letters anyway")
+    print(f"warning: {msg}", file=sys.stderr)
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
@@ -105,13 +165,23 @@ def cmd_explain(args: argparse.Namespace) -> None:
     check_texts(args.text)
     check_output_file(args.out)
     check_choice(args.model, args.open_clip)
+    if args.layers < 1:
+        raise CLIError(f"--layers must be at least 1 (the last attention layer), got {args.layers}")
     image = open_image(args.image)
-    res = explain(load(args.model, args.open_clip), image, args.text)
+    if args.model is None and args.open_clip is None:
+        check_shapes_words(args.text, args.allow_unknown_words)
+    clip = load(args.model, args.open_clip)
+    if not 1 <= args.layers <= len(clip.image_layers):
+        raise CLIError(f"--layers {args.layers}: this image tower has {len(clip.image_layers)} attention layer(s)")
+    res = explain(clip, image, args.text, config=ImageConfig(args.layers, args.spatial))
     fig = explanation_figure(image, args.text, res["maps"], res["scores"], res["text_rows"])
     _save(fig, args.out)
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .analysis.cli import add_parser as add_analyze
+    from .app.cli import add_parser as add_app
+    from .app.cli import add_report_parser as add_report
     from .benchmark import add_parser as add_benchmark
     from .finetune.cli import add_parser as add_finetune
     from .scale.cli import add_parser as add_explain_dataset
@@ -129,11 +199,20 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
     e.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]",
                    help="an open_clip model instead, e.g. ViT-B-32:openai or RN50:openai (needs the open_clip extra)")
+    e.add_argument("--layers", type=int, default=1, help="explain the image tower's last N attention layers "
+                   "(default 1, the published method; ShapesCLIP's configuration study chose 3)")
+    e.add_argument("--spatial", default="cosine", choices=("cosine", "cosine_per_head", "attention", "uniform"),
+                   help="Grad-ECLIP's spatial weights (default cosine; the study chose cosine_per_head)")
+    e.add_argument("--allow-unknown-words", action="store_true",
+                   help="ShapesCLIP only: explain texts with words outside its vocabulary (a warning, not an error)")
     e.add_argument("--out", default="explanation.png")
     e.set_defaults(func=cmd_explain)
     add_benchmark(sub)
     add_finetune(sub)
     add_explain_dataset(sub)
+    add_analyze(sub)
+    add_app(sub)
+    add_report(sub)
     add_segment(sub)
     return ap
 

@@ -71,6 +71,26 @@ class Ranks:
                 torch.distributed.destroy_process_group()
 
 
+def check_device(device: str) -> None:
+    """Raises ValueError unless ``device`` is ``"auto"`` or a device this machine has (``cpu``,
+    ``cuda``, ``cuda:K`` with CUDA available and K below its device count, ``mps``...)."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:K") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu (or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: only cpu, cuda and mps are supported")
+
+
 def init(device: str = "auto") -> Ranks:
     """This process' :class:`Ranks`: from an already initialised process group, from torchrun's
     environment (``WORLD_SIZE`` > 1: initialise gloo, or nccl when the device is a GPU), or a

@@ -9,7 +9,7 @@ inputs, so the other tower's inputs are the explained inputs::
 The fixed tower's embeddings are computed once, at construction, without gradients. Scores are
 computed with the same operations, in the same order, as ``CLIPModel.forward``, so
 ``ImageTextSimilarity(..., logits=True)(pixel_values)`` equals ``model(...).logits_per_image``
-bit for bit.
+bit for bit in the same process.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
+from . import hub
 from ._io import CLIError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -199,14 +200,13 @@ def load_hf(name: str) -> LoadedCLIP:
     hint = family_hint(name)  # a ViT/DeiT classifier, SigLIP, BLIP: explained from Python
     if hint is not None:
         raise ModelError(hint)
+    kw = hub.pretrained_kwargs(name)  # fail fast without network
     try:
-        model = CLIPModel.from_pretrained(name)
-        processor = CLIPProcessor.from_pretrained(name)
+        with hub.quiet_loading():
+            model = CLIPModel.from_pretrained(name, **kw)
+            processor = CLIPProcessor.from_pretrained(name, **kw)
     except (OSError, ValueError) as e:
-        raise ModelError(
-            f"could not load CLIP model {name!r}: {str(e).splitlines()[0]}\n"
-            "Give a local save_pretrained folder or a hub name (a hub name needs network access)."
-        ) from None
+        raise ModelError(f"could not load CLIP model {name!r}: {str(e).splitlines()[0]}\n{hub.advice(name, kw)}") from None
     return wrap_hf(model.eval(), processor)
 
 

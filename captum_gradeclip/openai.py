@@ -96,7 +96,7 @@ class EncoderImageTextSimilarity(nn.Module):
             model has one, as open_clip's SigLIP-style models do).
 
     The output equals the package's own ``logit_scale * image_features @ text_features.T`` (or
-    the cosine), bit for bit, when the model runs with autograd on (as Captum's methods and the
+    the cosine), bit for bit in the same process, when the model runs with autograd on (as Captum's methods and the
     explained forward run it); under ``torch.no_grad()`` PyTorch's fused attention kernel for
     batch-first ``nn.MultiheadAttention`` may differ in the last bits (the cached embeddings are
     computed with that kernel switched off: see ``captum_gradeclip._core.fastpath``).

@@ -154,3 +154,47 @@ def explanation_figure(
             draw_text_attr(fig.add_subplot(sub[j, 0]), words, attr, title=title)
     fig.tight_layout()
     return fig
+
+
+def comparison_figure(
+    image,
+    prompts: Sequence[str],
+    rows: Sequence[tuple],
+    scores: Tensor,
+    text_rows: Sequence[tuple] = (),
+) -> "Figure":
+    """Several explanations of the same prompts, one row each (e.g. two configurations of the
+    method): the image labelled with the row's settings, then one overlay per prompt.
+
+    Args:
+        image: PIL image. prompts: ``T`` texts. scores: ``(T,)`` similarities (the model's, the
+            same for every row).
+        rows: ``(label, maps (T, h, w), hits)`` per row; ``hits``: ``(T,)`` bool, whether each
+            map points at its object (titled "on target" / "off target"), or ``None``.
+        text_rows: ``(title, words, attributions (L,))`` per row of coloured words below.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n, r = len(prompts) + 1, len(rows)
+    fig = Figure(figsize=(2.6 * n, 3.4 * r + 0.9 * len(text_rows)))
+    FigureCanvasAgg(fig)
+    ratios = [3.4] * r + ([0.9 * len(text_rows)] if text_rows else [])
+    gs = fig.add_gridspec(len(ratios), n, height_ratios=ratios)
+    for k, (label, maps, hits) in enumerate(rows):
+        ax = fig.add_subplot(gs[k, 0])
+        ax.imshow(_image_array(image))
+        ax.set_axis_off()
+        ax.set_title(label, fontsize=9, loc="left")
+        for i, (p, m, s) in enumerate(zip(prompts, maps, scores)):
+            ax = fig.add_subplot(gs[k, i + 1])
+            visualize_image_attr(m, image, ax=ax)
+            where = "" if hits is None else ("\non target" if bool(hits[i]) else "\noff target")
+            ax.set_title(f"{p} (cos = {float(s):.3f}){where}", fontsize=9,
+                         color="black" if hits is None or bool(hits[i]) else "firebrick")
+    if text_rows:
+        sub = gs[r, :].subgridspec(len(text_rows), 1)
+        for j, (title, words, attr) in enumerate(text_rows):
+            draw_text_attr(fig.add_subplot(sub[j, 0]), words, attr, title=title)
+    fig.tight_layout()
+    return fig

@@ -7,6 +7,31 @@ import torch
 
 BOS, EOS, VOCAB = 48, 49, 50
 
+#: float32's machine epsilon (2**-23)
+EPS32 = torch.finfo(torch.float32).eps
+#: the longest dot product in the tiny models of these tests: the 8 x 8 patch embedding over 3
+#: channels (3 * 8 * 8 = 192 terms; the widths are 32, the MLPs 64; ShapesCLIP's 512-wide MLP is
+#: covered by ``SHAPES_REDUCTION``)
+TINY_REDUCTION = 192
+SHAPES_REDUCTION = 512
+
+
+def float32_tolerance(scale: float, reduction: int = TINY_REDUCTION) -> float:
+    """The absolute tolerance between two float32 computations of the same map on different CPUs,
+    thread counts or process counts: ``reduction * EPS32 * scale``.
+
+    Why: a float32 sum of ``n`` terms is within ``(n - 1) * eps * sum|terms|`` of the exact sum
+    whatever the order of the additions (Higham's bound), and the order is all that differs between
+    torch's AVX-512, AVX2 and scalar kernels, MKL's code paths and thread splits. We budget one such
+    reduction of the longest length, relative to the map's scale (its largest magnitude). Measured on
+    the 83 golden maps (AMD EPYC, torch 2.13.0): at most 21 eps of the scale against the stored maps
+    and 30 eps between any two of AVX-512 / AVX2 / default kernels and 1 / 2 threads, i.e. 6 times
+    under this tolerance (192 eps = 2.3e-5 of the scale). A real change (another spatial mode, layer
+    or a one-token shift) moves a map by 1e-2 to 1 of its scale: ``tests/test_golden_maps.py``
+    checks that this tolerance still tells those apart by orders of magnitude.
+    """
+    return reduction * EPS32 * max(float(scale), 1e-12)
+
 
 def tiny_clip(attn: str = "eager", dtype: torch.dtype = torch.float32, seed: int = 0,
               image_size: int = 32, patch_size: int = 8, text_layers: int = 3, eos_token_id: int = EOS):
@@ -47,7 +72,7 @@ def text_batch():
 @pytest.fixture(autouse=True)
 def _torch_threads_restored():
     """Commands run in-process (train, finetune) set torch's process-wide thread count; restore it
-    so that later tests (bit-exact ones included) see the default."""
+    so that later tests (the thread-sensitive ones included) see the default."""
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)

@@ -5,7 +5,7 @@ A batch-first ``nn.MultiheadAttention`` in eval mode runs a fused kernel when au
 The explained forward runs the blocks before the explained layer without autograd and the rest
 with it, and the encoder similarity modules cache embeddings without autograd: with the fast path
 off, every block computes exactly what it computes with autograd on, so the explained score is
-the model's own (as Captum's gradient methods see it), bit for bit, without building a graph for
+the model's own (as Captum's gradient methods see it), bit for bit in the same process, without building a graph for
 the blocks before the explained layer.
 
 The switch (``torch.backends.mha.set_fastpath_enabled``) is process-wide: another thread running

@@ -144,7 +144,7 @@ def run_folder(args: argparse.Namespace) -> Optional[dict]:
     from .._io import CLIError
     from ..models import load
     from ..scale.data import ImageFolderDataset, WorkItem
-    from ..scale.engine import job_config, run, start
+    from ..scale.engine import job_config, prepared, run
     from ..scale.store import require_pyarrow
     from .methods import image_methods, select
 
@@ -152,11 +152,11 @@ def run_folder(args: argparse.Namespace) -> Optional[dict]:
     prompts, files = folder_inputs(args)
     out = Path(args.out_dir) / "curves"
     with dist.session("cpu") as ranks:
-        start(out, job_config(_config(args, prompts, files), len(files), SHARD_SIZE, args.batch), ranks)
-        clip = load(args.model, args.open_clip)
-        sim = clip.image_similarity(*clip.tokens(prompts))
-        explainer = FaithfulnessExplainer(sim, select(image_methods(clip, sim), args.methods), args.step,
-                                          args.replacement)
+        with prepared(out, job_config(_config(args, prompts, files), len(files), SHARD_SIZE, args.batch), ranks):
+            clip = load(args.model, args.open_clip)  # a failure here leaves no state in --out-dir
+            sim = clip.image_similarity(*clip.tokens(prompts))
+            explainer = FaithfulnessExplainer(sim, select(image_methods(clip, sim), args.methods), args.step,
+                                              args.replacement)
         items = [WorkItem(f.name, tuple(prompts)) for f in files]
         summary = run(ImageFolderDataset(Path(args.images), items, clip.pixels), explainer, out, ranks,
                       batch_size=args.batch, shard_size=SHARD_SIZE, num_workers=1)

@@ -1,6 +1,6 @@
 """Forward functions for BLIP's image-text contrastive branch (``BlipForImageTextRetrieval``
 called with ``use_itm_head=False``): the cosine of the projected CLS embeddings, computed as the
-model computes its ``itm_score`` (bit for bit).
+model computes its ``itm_score`` (bit for bit in the same process).
 
 Image maps: the vision tower pools CLS (token 0); its attention has a fused ``qkv`` and a
 ``projection`` (:class:`~captum_gradeclip.adapters.FusedQKVLinearAdapter`). Word maps: the text
@@ -75,7 +75,7 @@ class BlipImageTextSimilarity(nn.Module):
 
 class BlipTextImageSimilarity(nn.Module):
     r"""``input_ids (T, L) [, attention_mask (T, L)] -> (T, N)``: BLIP's contrastive cosine of each
-    text with ``N`` fixed images (the transpose of the model's ``itm_score``, bit for bit). The
+    text with ``N`` fixed images (the transpose of the model's ``itm_score``, bit for bit in the same process). The
     pooled token is CLS; the map covers the words up to the first SEP.
 
     Args:

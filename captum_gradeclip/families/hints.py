@@ -29,7 +29,9 @@ def model_type(name: str) -> Optional[str]:
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(name).model_type
+        from ..hub import pretrained_kwargs
+
+        return AutoConfig.from_pretrained(name, **pretrained_kwargs(name)).model_type  # fails fast offline
     except (OSError, ValueError, KeyError):
         return None
 

@@ -45,7 +45,7 @@ def _scores(model: nn.Module, text: Tensor, image: Tensor, logits: bool) -> Tens
 
 class SiglipImageTextSimilarity(nn.Module):
     r"""``pixel_values (N, 3, H, W) -> (N, T)``: SigLIP's sigmoid logits (or cosines) of each image
-    with ``T`` fixed texts; ``logits=True`` equals ``model(...).logits_per_image`` bit for bit.
+    with ``T`` fixed texts; ``logits=True`` equals ``model(...).logits_per_image`` bit for bit in the same process.
 
     Args:
         model: a ``SiglipModel``.
@@ -89,7 +89,7 @@ class SiglipImageTextSimilarity(nn.Module):
 class SiglipTextImageSimilarity(nn.Module):
     r"""``input_ids (T, L) [, attention_mask (T, L)] -> (T, N)``: SigLIP's sigmoid logits (or
     cosines) of each text with ``N`` fixed images; ``logits=True`` equals
-    ``model(...).logits_per_text`` bit for bit. The pooled token is the last position.
+    ``model(...).logits_per_text`` bit for bit in the same process. The pooled token is the last position.
 
     Args:
         model: a ``SiglipModel``. pixel_values: ``(N, 3, H, W)``. logits: as above.

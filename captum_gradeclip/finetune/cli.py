@@ -75,9 +75,10 @@ def _record(args: argparse.Namespace, cfg: Any, run: Dict[str, Any], init: Optio
     stages.append({"command": "captum-gradeclip finetune " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
         if k not in ("func", "cmd", "out", "stop_after", "ablations") and v is not None) + " --out DIR",
-        "config": asdict(cfg), "torch": torch.__version__, "seconds": run["seconds"],
+        "config": asdict(cfg), "torch": torch.__version__,
+        "seconds": round(sum(r["seconds"] for r in run.get("runs", [])) or run["seconds"], 1),
         "data_seeds": "pairs file" if args.pairs else f"ShapesCLIP scenes {FINETUNE_SEED_OFFSET} + seed * 10**9 + step * batch + i",
-        "log": run["log"]})
+        "log": run["log"], "runs": run.get("runs", [])})
     return {"stages": stages}
 
 
@@ -121,8 +122,43 @@ def _write(metrics: Dict[str, Any], out: Path, t0: float, d: Any) -> None:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """The flags, before any work (one line each).
+
+    Raises:
+        CLIError: a count below 1 (or below 0 for ``--eval-scenes``), a learning rate that is
+            not a positive finite number, ``--out`` a file.
+    """
+    import math
+
+    from .._io import check_output_dir
+
+    for flag, value, least in (("--steps", args.steps, 1), ("--batch", args.batch, 1), ("--save-every", args.save_every, 1),
+                               ("--threads", args.threads, 1), ("--ablation-steps", args.ablation_steps, 1),
+                               ("--eval-scenes", args.eval_scenes, 0)):
+        if value is not None and value < least:
+            raise CLIError(f"{flag} must be >= {least}, got {value}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise CLIError(f"--lr must be a positive finite number, got {args.lr}")
+    check_output_dir(str(args.out), flag="--out")
+    if args.pairs is not None and not args.pairs.is_file():
+        raise CLIError(f"--pairs {args.pairs}: no such file")
+
+
 def cmd_finetune(args: argparse.Namespace) -> None:
-    """Train (and, for ShapesCLIP, evaluate before / after and the ablations); see the module docstring."""
+    """Train (and, for ShapesCLIP, evaluate before / after and the ablations); see the module
+    docstring. Ctrl-C: exit status 130 and one line (the last checkpoint is kept)."""
+    from .._io import interrupted
+
+    check_flags(args)
+    try:
+        _cmd_finetune(args)
+    except KeyboardInterrupt:
+        raise interrupted(f"{args.out}: the last checkpoint.pt (written every --save-every steps) and finished parts "
+                          "are kept; run the same command to resume") from None
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
     import torch
 
     from ..distributed import session

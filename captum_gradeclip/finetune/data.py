@@ -123,6 +123,10 @@ class ShapesSource:
         self.seed = seed
         self.captions = captions
 
+    def fingerprint(self) -> str:
+        """What identifies the data: the scenes' seeds and caption mode."""
+        return f"ShapesCLIP scenes, seed {self.seed}, captions {self.captions}"
+
     def batch(self, step: int, batch: int, start: int, stop: int) -> List[Sample]:
         """Positions ``start .. stop - 1`` of the global batch (size ``batch``) of ``step``."""
         base = FINETUNE_SEED_OFFSET + self.seed * 10**9 + step * batch
@@ -146,12 +150,32 @@ def _read_line(line: str, where: str, root: Path, separator: Optional[str]) -> S
     else:
         phrases = []
     phrases = check_phrases(caption, phrases, where)
+    if not isinstance(row["image"], str) or not row["image"]:
+        raise DataError(f"{where}: \"image\" must be a path (a non-empty string), got {row['image']!r}")
     path = Path(row["image"])
     try:
         image = open_image(str(path if path.is_absolute() else root / path))
     except CLIError as e:
         raise DataError(f"{where}: {e}") from None
     return Sample(image=image, caption=caption, phrases=phrases, key=row["image"])
+
+
+def _text(path: Path) -> str:
+    """The pairs file as text (UTF-8, a byte-order mark dropped).
+
+    Raises:
+        DataError: it is not UTF-8 (naming the file and the line) or cannot be read.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read the pairs file {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); "
+                        "save the pairs file as UTF-8") from None
 
 
 def read_pairs(path: "str | Path", separator: Optional[str] = None) -> List[Sample]:
@@ -165,7 +189,7 @@ def read_pairs(path: "str | Path", separator: Optional[str] = None) -> List[Samp
     if not path.is_file():
         raise DataError(f"pairs file not found: {path}")
     samples = [_read_line(line, f"{path}:{n}", path.parent, separator)
-               for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+               for n, line in enumerate(_text(path).splitlines(), 1) if line.strip()]
     if not samples:
         raise DataError(f"{path} holds no pairs")
     return samples
@@ -202,6 +226,19 @@ class PairsSource:
         self.seed = seed
         #: whether every sample carries mined maps (then no teacher is needed)
         self.mined = all(s.maps is not None for s in self.samples)
+
+    def fingerprint(self) -> str:
+        """sha256 of the pairs (keys, captions, phrases, image pixels, mined maps): what identifies
+        the data of a run."""
+        import hashlib
+
+        h = hashlib.sha256(str(self.seed).encode())
+        for s in self.samples:
+            h.update(json.dumps([s.key, s.caption, s.phrases, list(s.image.size)]).encode())
+            h.update(s.image.tobytes())
+            if s.maps is not None:
+                h.update(s.maps.float().numpy().tobytes())
+        return h.hexdigest()
 
     def batch(self, step: int, batch: int, start: int, stop: int) -> List[Sample]:
         """Positions ``start .. stop - 1`` of the global batch (size ``batch``) of ``step``."""

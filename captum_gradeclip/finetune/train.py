@@ -7,8 +7,11 @@ all processes; :class:`~.loss.RegionPhraseLoss` on the global batch; AdamW (Shap
 optimiser and warm-up/cosine schedule), gradients clipped to norm 1, ``logit_scale`` clamped to
 100 as in CLIP.
 
-``out/checkpoint.pt`` (step, weights, optimiser, schedule, RNG states, configuration) is written
-every ``save_every`` steps and at the end; :func:`finetune` resumes from it.
+``out/checkpoint.pt`` (step, weights, optimiser, schedule, RNG states, configuration, the
+run's fingerprint and its whole log) is written every ``save_every`` steps and at the end;
+:func:`finetune` resumes from it only when the fingerprint (settings, data and initial weights)
+is the same. A non-finite loss or weight stops the run at once (:class:`NonFiniteError`), before
+anything is written from that step.
 """
 
 from __future__ import annotations
@@ -138,6 +141,28 @@ def train_step(student: nn.Module, teacher: Optional[Teacher], processor: Any, l
                    caption_ids=_ids(D.gather_objects(captions, d), d.device), logit_scale=scale)
 
 
+class NonFiniteError(ValueError):
+    """The loss or a weight became NaN or infinite (a learning rate too high): the run stops and
+    nothing of that step is written."""
+
+
+def fingerprint(model: nn.Module, source: Any) -> Dict[str, str]:
+    """What identifies a run besides its settings: sha256 of the initial weights (call before
+    training) and of the data (``source.fingerprint()``: the pairs or the scene seeds)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    data = source.fingerprint() if hasattr(source, "fingerprint") else type(source).__name__
+    return {"model": h.hexdigest(), "data": data}
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def _rng_state() -> Dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -145,30 +170,66 @@ def _rng_state() -> Dict[str, Any]:
     return state
 
 
-def save_checkpoint(path: Path, step: int, model: nn.Module, opt: Any, sched: Any, cfg: FinetuneConfig) -> None:
-    """Write ``path`` atomically: the next step, weights, optimiser, schedule, RNG states, config."""
-    tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": _rng_state(), "config": asdict(cfg)}, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, cfg: FinetuneConfig) -> int:
-    """Restore a checkpoint written by :func:`save_checkpoint`; returns the step to continue at (0
-    when there is none).
+def save_checkpoint(path: Path, step: int, model: nn.Module, opt: Any, sched: Any, cfg: FinetuneConfig,
+                    fingerprint: Optional[Dict[str, str]] = None, history: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``path`` atomically: the next step, weights, optimiser, schedule, RNG states, config,
+    the run's ``fingerprint`` and ``history`` (``{"log", "runs"}``); nothing partial is left.
 
     Raises:
-        ValueError: the checkpoint was written with other settings (use another ``out``).
+        NonFiniteError: a weight is not finite (nothing is written).
+        ValueError: the folder cannot be written (a full disk, no permission).
+    """
+    if not _finite(model):
+        raise NonFiniteError(f"refusing to write {path}: the model has NaN or infinite weights")
+    tmp = path.with_suffix(".tmp")
+    try:
+        torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "rng": _rng_state(), "config": asdict(cfg),
+                    "fingerprint": fingerprint, "history": history}, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {e.strerror or e}; free space or fix the folder, then rerun the "
+                         "same command (it resumes from the last checkpoint)") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_checkpoint(path: Path) -> Dict[str, Any]:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ck, dict) or not {"step", "model", "config"} <= set(ck):
+            raise ValueError("not a fine-tuning checkpoint")
+        return ck
+    except Exception as e:  # torch.load raises many types for a truncated or foreign file
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {str(e)[:60]}): it is truncated or not a "
+                         "checkpoint of this command; delete it to start the run over") from None
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, cfg: FinetuneConfig,
+                    fingerprint: Optional[Dict[str, str]] = None, history: Optional[Dict[str, Any]] = None) -> int:
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns the step to continue at (0
+    when there is none). ``history`` (a dict) receives the checkpoint's ``log`` and ``runs``.
+
+    Raises:
+        ValueError: the checkpoint is truncated, or of another run: other settings, or (with
+            ``fingerprint``) other data or another initial model (use another ``out``).
     """
     if not path.is_file():
         return 0
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = _read_checkpoint(path)
     saved = {k: v for k, v in ck["config"].items() if k not in ("save_every", "log_every")}
     now = {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "log_every")}
     if saved != now:
         diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
         raise ValueError(f"{path} was written with other settings {diff} (saved, now); resume with the same "
                          "settings or use another output folder")
+    if fingerprint is not None and ck.get("fingerprint") != fingerprint:
+        have = ck.get("fingerprint") or {}
+        what = [k for k in ("data", "model") if have.get(k) != fingerprint.get(k)] or ["fingerprint"]
+        verb = "differ" if len(what) > 1 else "differs"
+        raise ValueError(f"{path} is the checkpoint of another run (its {' and '.join(what)} {verb}: another "
+                         f"{'pairs file' if 'data' in what else 'base model'} or an older version); give another "
+                         "--out, or delete the checkpoint to start over")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
@@ -176,6 +237,8 @@ def load_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, cfg: Fin
     random.setstate(ck["rng"]["python"])
     if "cuda" in ck["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+    if history is not None:
+        history.update(ck.get("history") or {})
     return int(ck["step"])
 
 
@@ -183,6 +246,9 @@ def _step(wrapped: nn.Module, model: nn.Module, parts: Tuple[Any, ...], samples:
           cfg: FinetuneConfig, d: Ranks) -> RegionPhraseLossOutput:
     teacher, processor, loss_fn, opt, sched = parts
     out = train_step(wrapped, teacher, processor, loss_fn, samples, cfg, d)
+    if not torch.isfinite(out.loss):
+        raise NonFiniteError(f"the loss is {out.loss.item()} (lr {cfg.lr}): lower --lr; no weights of this step "
+                             "were written")
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -190,6 +256,8 @@ def _step(wrapped: nn.Module, model: nn.Module, parts: Tuple[Any, ...], samples:
     sched.step()
     with torch.no_grad():
         model.logit_scale.clamp_(0, math.log(100))
+    if not _finite(model):
+        raise NonFiniteError(f"the weights became NaN or infinite (lr {cfg.lr}): lower --lr; they were not written")
     return out
 
 
@@ -207,10 +275,13 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
             (an interruption, for tests); the checkpoint is written there.
 
     Returns:
-        ``{"steps_run", "seconds", "log": [[step, loss, region, global], ...]}``.
+        ``{"steps_run", "seconds", "log": [[step, loss, region, global], ...], "runs": [{"from_step",
+        "to_step", "seconds"}, ...]}``: ``log`` and ``runs`` over the whole run, resumed parts included.
 
     Raises:
-        ValueError: bad settings, or a checkpoint with other settings.
+        ValueError: bad settings; a truncated checkpoint or one of another run (settings, data,
+            initial model).
+        NonFiniteError: the loss or a weight became NaN or infinite (the run stops at that step).
     """
     d = d or init()
     cfg.check(d.world)
@@ -229,11 +300,14 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
 
         wrapped = DistributedDataParallel(student, device_ids=[torch.device(d.device).index] if d.device.startswith("cuda") else None)
     opt, sched = _optimizer(list(model.parameters()), cfg)
-    start = load_checkpoint(out / "checkpoint.pt", model, opt, sched, cfg)
+    fp = fingerprint(model, source)
+    history: Dict[str, Any] = {"log": [], "runs": []}
+    start = load_checkpoint(out / "checkpoint.pt", model, opt, sched, cfg, fp, history)
     parts = (teacher, processor, RegionPhraseLoss(cfg.region_weight, cfg.global_weight), opt, sched)
     lo, hi = d.rank * cfg.batch // d.world, (d.rank + 1) * cfg.batch // d.world
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    log, t0 = [], time.time()
+    log, t0 = history["log"], time.time()
+    runs = history["runs"] + [{"from_step": start, "to_step": start, "seconds": 0.0}]
     try:
         for step in range(start, end):
             res = _step(wrapped, model, parts, source.batch(step, cfg.batch, lo, hi), cfg, d)
@@ -243,9 +317,11 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
                     print(f"step {step:4d}  loss {log[-1][1]:.4f}  region {log[-1][2]:.4f}  "
                           f"global {log[-1][3]:.4f}  {time.time() - t0:.0f}s", flush=True)
             if (step + 1) % cfg.save_every == 0 or step + 1 == end:
+                runs[-1].update(to_step=step + 1, seconds=round(time.time() - t0, 1))
                 if d.main:
-                    save_checkpoint(out / "checkpoint.pt", step + 1, model, opt, sched, cfg)
+                    save_checkpoint(out / "checkpoint.pt", step + 1, model, opt, sched, cfg, fp,
+                                    {"log": log, "runs": runs})
                 d.barrier()
     finally:
         model.train(was_training)
-    return {"steps_run": max(0, end - start), "seconds": round(time.time() - t0, 1), "log": log}
+    return {"steps_run": max(0, end - start), "seconds": round(time.time() - t0, 1), "log": log, "runs": runs}

@@ -32,7 +32,7 @@ def work_items(args: argparse.Namespace) -> List[Any]:
         raise CLIError("give --images DIR (or --hf-dataset / --webdataset) and --prompts, --pairs or --class-prompts")
     root = Path(args.images)
     if args.pairs:
-        return pair_items(root, args.pairs)
+        return pair_items(root, args.pairs, allow_outside=args.allow_outside_images)
     if args.class_prompts:
         return class_items(root, args.class_prompts)
     return prompt_items(root, read_prompts(args.prompts))
@@ -50,41 +50,84 @@ def job_description(args: argparse.Namespace, items: List[Any]) -> Dict[str, Any
 
     digest = hashlib.sha256(json.dumps([[it.image, list(it.texts)] for it in items]).encode()).hexdigest()
     inputs = "pairs" if args.pairs else "class-prompts" if args.class_prompts else "prompts"
+    outside = {"allow_outside_images": True} if args.pairs and args.allow_outside_images else {}
     return {"model": {"hf": args.model, "open_clip": args.open_clip,
                       "name": args.open_clip or args.model or "ShapesCLIP (shipped)"},
             "explainer": CLIPExplainer.describe(**method_options(args)),
             "inputs": {"kind": inputs, "work_list_sha256": digest,
-                       "texts": sum(len(it.texts) for it in items)}}
+                       "texts": sum(len(it.texts) for it in items), **outside}}
 
 
-def cmd_explain_dataset(args: argparse.Namespace) -> None:
-    """Run the job on this rank; rank 0 prints the summary."""
+def check_flags(args: argparse.Namespace) -> None:
+    """The flags that need no model, before any work.
+
+    Raises:
+        CLIError: a size below 1, negative workers, a device this machine does not have.
+    """
     from .. import distributed as dist
-    from ..models import check_choice, load
-    from .data import ImageFolderDataset
-    from .engine import job_config, run, start
-    from .explain import CLIPExplainer
-    from .store import require_pyarrow
+    from ..models import check_choice
 
-    require_pyarrow("explain-dataset")
     check_choice(args.model, args.open_clip)
     if min(args.batch_size, args.shard_size, args.text_chunk) < 1:
         raise CLIError(f"--batch-size, --shard-size and --text-chunk must be >= 1, got {args.batch_size}, "
                        f"{args.shard_size} and {args.text_chunk}")
+    if args.workers < 0:
+        raise CLIError(f"--workers must be >= 0 (0: decode in the main process), got {args.workers}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CLIError(f"--out {args.out} is a file, not a folder")
+    try:
+        dist.check_device(args.device)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _load_explainer(args: argparse.Namespace, device: str) -> Any:
+    """The model on ``device`` and its :class:`~.explain.CLIPExplainer`.
+
+    Raises:
+        CLIError: the model does not load, or ``--layers`` out of its range.
+    """
+    from ..models import load
+    from .explain import CLIPExplainer
+
+    clip = load(args.model, args.open_clip)
+    clip.model.to(device)
+    n_layers = len(clip.image_layers)
+    if any(not -n_layers <= i < n_layers for i in args.layers):
+        raise CLIError(f"--layers must index the image tower's {n_layers} attention layers, got {args.layers}")
+    return clip, CLIPExplainer(clip, device=device, **method_options(args))
+
+
+def cmd_explain_dataset(args: argparse.Namespace) -> None:
+    """Run the job on this rank; rank 0 prints the summary. Ctrl-C: exit status 130 and one line."""
+    from .._io import interrupted
+
+    out = Path(args.out)
+    try:
+        _explain_dataset(args, out)
+    except KeyboardInterrupt:
+        kept = len(list(out.glob("shard-*.parquet"))) if out.is_dir() else 0
+        raise interrupted(f"{out}: {kept} finished shard(s) kept (the shard being written is dropped); "
+                          "run the same command to resume") from None
+
+
+def _explain_dataset(args: argparse.Namespace, out: Path) -> None:
+    from .. import distributed as dist
+    from .data import ImageFolderDataset
+    from .engine import job_config, prepared, run
+    from .store import require_pyarrow
+
+    require_pyarrow("explain-dataset")
+    check_flags(args)
     if args.hf_dataset or args.webdataset:
         from .sources import open_source
 
         args.source = open_source(args)
     items = work_items(args)
-    out = Path(args.out)
     with dist.session(args.device) as ranks:
-        start(out, job_config(job_description(args, items), len(items), args.shard_size, args.batch_size), ranks)
-        clip = load(args.model, args.open_clip)
-        clip.model.to(ranks.device)
-        n_layers = len(clip.image_layers)
-        if any(not -n_layers <= i < n_layers for i in args.layers):
-            raise CLIError(f"--layers must index the image tower's {n_layers} attention layers, got {args.layers}")
-        explainer = CLIPExplainer(clip, device=ranks.device, **method_options(args))
+        with prepared(out, job_config(job_description(args, items), len(items), args.shard_size, args.batch_size),
+                      ranks):
+            clip, explainer = _load_explainer(args, ranks.device)
         if args.hf_dataset or args.webdataset:
             from .sources import SourceDataset
 
@@ -94,7 +137,9 @@ def cmd_explain_dataset(args: argparse.Namespace) -> None:
         summary = run(dataset, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
                       num_workers=args.workers, progress=not args.no_progress)
     if ranks.rank == 0:
-        print(f"{out}: {summary['images']} images, {summary['pairs']} pairs, {summary['errors']} errors; "
+        too_long = summary.get("texts_too_long", 0)
+        print(f"{out}: {summary['images']} images, {summary['pairs']} pairs, {summary['errors']} error{'' if summary['errors'] == 1 else 's'}"
+              f"{f' ({too_long} texts longer than the model context)' if too_long else ''}; "
               f"this run: {summary['images_this_run']} images in {summary['wall_s']:.1f} s "
               f"({summary['images_per_s']:.2f} images/s on {summary['world_size']} process(es)), "
               f"{summary['skipped_shards']} shard(s) already done", file=sys.stderr)
@@ -112,6 +157,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                        help='class-folder tree (ROOT/CLASS/IMAGE): every image against "TEMPLATE" of each class, '
                             'e.g. "a photo of a {}."')
     p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    p.add_argument("--allow-outside-images", action="store_true",
+                   help="with --pairs: read images the pairs file names outside --images (absolute or ../ paths)")
     p.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
     p.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]", help="an open_clip model instead")
     p.add_argument("--layers", type=int, nargs="+", default=[-1],

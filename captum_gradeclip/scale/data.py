@@ -11,6 +11,7 @@ that cannot be decoded becomes an error record, never an exception.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
@@ -23,10 +24,23 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One image of the job: ``image`` (its path relative to the root, with ``/``) and ``texts``."""
+    """One image of the job: ``image`` (its path relative to the root, with ``/``) and ``texts``;
+    ``problem``: why it cannot be read (an error row), found while building the work list."""
 
     image: str
     texts: Tuple[str, ...]
+    problem: Optional[str] = None
+
+
+def _key(rel: str) -> Tuple[str, Optional[str]]:
+    """A relative path as a key that can be stored (UTF-8), and the problem of a file name that
+    is not valid UTF-8 (shown with backslash escapes)."""
+    try:
+        rel.encode("utf-8")
+        return rel, None
+    except UnicodeEncodeError:
+        shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return shown, f"the file name {shown!r} is not valid UTF-8; rename it to explain it"
 
 
 class Example(NamedTuple):
@@ -40,7 +54,8 @@ class Example(NamedTuple):
 
 
 def scan_images(root: Path) -> List[str]:
-    """The image files under ``root`` (recursive), as sorted relative ``/`` paths.
+    """The image files under ``root`` (recursive), as sorted relative ``/`` paths; a name with an
+    image suffix that is not a folder counts (a broken link becomes an error row, not nothing).
 
     Raises:
         CLIError: ``root`` is not a folder, or holds no image.
@@ -48,17 +63,32 @@ def scan_images(root: Path) -> List[str]:
     if not root.is_dir():
         raise CLIError(f"--images must be a folder of images, got {root}")
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                   if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_symlink() or p.is_file()) and not p.is_dir())
     if not files:
         raise CLIError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     return files
 
 
-def _text(path: Path, flag: str) -> str:
+def _folder_item(rel: str, texts: Tuple[str, ...]) -> WorkItem:
+    key, problem = _key(rel)
+    return WorkItem(key, texts, problem)
+
+
+def read_text_file(path: Path, flag: str) -> str:
+    """A UTF-8 text file without its byte-order mark (line ends: use ``splitlines``).
+
+    Raises:
+        CLIError: it cannot be read, or is not UTF-8 (naming the file and the line).
+    """
     try:
-        return path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as e:
-        raise CLIError(f"cannot read {flag} {path} as UTF-8 text ({type(e).__name__})") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise CLIError(f"cannot read {flag} {path} ({e.strerror or type(e).__name__})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise CLIError(f"{flag} {path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8") from None
 
 
 def read_prompts(path: str) -> List[str]:
@@ -70,7 +100,7 @@ def read_prompts(path: str) -> List[str]:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"--prompts must be a text file with one prompt per line, got {path}")
-    prompts = list(dict.fromkeys(ln.strip() for ln in _text(p, "--prompts").splitlines() if ln.strip()))
+    prompts = list(dict.fromkeys(ln.strip() for ln in read_text_file(p, "--prompts").splitlines() if ln.strip()))
     if not prompts:
         raise CLIError(f"no prompts in {path}")
     return prompts
@@ -79,21 +109,34 @@ def read_prompts(path: str) -> List[str]:
 def prompt_items(root: Path, prompts: Sequence[str]) -> List[WorkItem]:
     """Every image under ``root`` against every prompt."""
     texts = tuple(prompts)
-    return [WorkItem(f, texts) for f in scan_images(root)]
+    return [_folder_item(f, texts) for f in scan_images(root)]
 
 
-def pair_items(root: Path, pairs: str) -> List[WorkItem]:
+def _inside(image: str, root: Path, allow_outside: bool, where: str) -> Tuple[str, Optional[str]]:
+    """A pairs file's image path as a key, and the problem of a path that leaves ``root``
+    (absolute, or ``..`` above it) unless ``allow_outside``."""
+    norm = os.path.normpath(image).replace(os.sep, "/") if image else image
+    if allow_outside or not (os.path.isabs(image) or norm == ".." or norm.startswith("../")):
+        return Path(image).as_posix(), None
+    return Path(image).as_posix(), (f"{where}: the image {image!r} lies outside --images {root}; "
+                                    "give paths relative to it, or pass --allow-outside-images")
+
+
+def pair_items(root: Path, pairs: str, allow_outside: bool = False) -> List[WorkItem]:
     """The images and texts of a JSON-lines file ``{"image": "rel/path.jpg", "texts": [...]}``
-    (lines naming the same image are merged, sorted by image).
+    (lines naming the same image are merged, sorted by image). An image outside ``root``
+    (absolute, or ``..`` above it) becomes an error row naming its line unless ``allow_outside``;
+    an image with an empty ``texts`` list, an error row.
 
     Raises:
-        CLIError: no such file, a line that is not such an object, or no pairs.
+        CLIError: no such file, not UTF-8, a line that is not such an object, or no pairs.
     """
     p = Path(pairs)
     if not p.is_file():
         raise CLIError(f"--pairs must be a JSON-lines file, got {pairs}")
     merged: dict = {}
-    for n, line in enumerate(_text(p, "--pairs").splitlines(), 1):
+    problems: dict = {}
+    for n, line in enumerate(read_text_file(p, "--pairs").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -102,14 +145,19 @@ def pair_items(root: Path, pairs: str) -> List[WorkItem]:
         except (ValueError, KeyError, TypeError):
             raise CLIError(f"{pairs}:{n}: expected {{\"image\": \"rel/path.jpg\", \"texts\": [...]}}, "
                            f"got {line[:80]!r}") from None
-        if not isinstance(image, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise CLIError(f"{pairs}:{n}: \"image\" must be a string and \"texts\" a list of strings")
-        merged.setdefault(Path(image).as_posix(), []).extend(texts)
+        if (not isinstance(image, str) or not image or not isinstance(texts, list)
+                or not all(isinstance(t, str) for t in texts)):
+            raise CLIError(f"{pairs}:{n}: \"image\" must be a non-empty string and \"texts\" a list of strings, "
+                           f"got {line[:80]!r}")
+        key, problem = _inside(image, root, allow_outside, f"{pairs}:{n}")
+        merged.setdefault(key, []).extend(texts)
+        if problem:
+            problems.setdefault(key, problem)
     if not merged:
         raise CLIError(f"no pairs in {pairs}")
     if not root.is_dir():
         raise CLIError(f"--images must be the folder the pairs' paths are relative to, got {root}")
-    return [WorkItem(k, tuple(dict.fromkeys(v))) for k, v in sorted(merged.items())]
+    return [WorkItem(k, tuple(dict.fromkeys(v)), problems.get(k)) for k, v in sorted(merged.items())]
 
 
 def class_items(root: Path, template: str) -> List[WorkItem]:
@@ -117,16 +165,30 @@ def class_items(root: Path, template: str) -> List[WorkItem]:
     ``template.format(CLASS with '_' as ' ')``, classes in sorted folder order.
 
     Raises:
-        CLIError: a template without ``{}``, or no class folder with images.
+        CLIError: a template without exactly one plain ``{}``, or no class folder with images.
     """
-    if "{}" not in template:
-        raise CLIError(f"--class-prompts must contain {{}} for the class name, got {template!r}")
+    check_template(template)
     files = [f for f in scan_images(root) if "/" in f]
     classes = sorted({f.split("/", 1)[0] for f in files})
     if not classes:
         raise CLIError(f"no class folders with images under {root} (expected ROOT/CLASS/IMAGE)")
-    texts = tuple(template.format(c.replace("_", " ")) for c in classes)
-    return [WorkItem(f, texts) for f in files]
+    texts = tuple(template.format(_key(c)[0].replace("_", " ")) for c in classes)
+    return [_folder_item(f, texts) for f in files]
+
+
+def check_template(template: str) -> None:
+    """Raises CLIError unless ``template`` has exactly one plain ``{}`` (no name, index, format
+    spec or conversion) and otherwise only doubled braces."""
+    import string
+
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise CLIError(f"--class-prompts {template!r} is not a valid template ({e}); write {{{{ and }}}} for "
+                       "literal braces") from None
+    if fields != [("", "", None)]:
+        raise CLIError(f"--class-prompts must contain {{}} for the class name, once and plain (no name, index or "
+                       f"format spec; {{{{ }}}} for literal braces), got {template!r}")
 
 
 class ImageFolderDataset:
@@ -151,6 +213,8 @@ class ImageFolderDataset:
         from .._io import open_image
 
         item = self.items[i]
+        if item.problem:
+            raise CLIError(item.problem)
         return Example(item.image, self.to_pixels([open_image(str(self.root / item.image))])[0], item.texts)
 
 

@@ -6,18 +6,20 @@ The ``n`` items of a dataset (sorted by whoever built it) are cut into fixed sha
 the world size). Each rank reads the images of its unfinished shards through one ``DataLoader``
 (workers decode in the background), in batches that never cross a shard's end, explains each
 batch with the batch explainer (:mod:`.explain`) and writes a shard when its last batch is done.
-Batches are the same whatever the world size, so the maps are too, bit for bit.
+Batches are the same whatever the world size, so the maps are too, to float32 rounding (a
+process's thread count changes the order of float sums, not the batches).
 
-Faults: an input that cannot be decoded or explained is an error row, never a crash; a killed
-rank loses at most its unfinished shards; the same command again skips finished shards.
+Faults: an input that cannot be decoded or explained is an error row, never a crash; every
+input of a shard ends in its rows or its errors (checked when the shard is written, counted in
+the manifest); a killed rank loses at most its unfinished shards; the same command again skips
+finished shards after checking their sha256.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -30,20 +32,46 @@ from . import store
 from .data import key_of
 from .table import to_table
 
-#: Test-only hook: ``"RANK:N"`` makes rank RANK kill itself with SIGKILL after writing N shards
-#: (the kill-and-resume tests use it; never set it otherwise).
-KILL_ENV = "CAPTUM_GRADECLIP_KILL_AFTER"
-
 #: ``(pixels (N, 3, H, W), texts: N lists) -> N lists of row dicts``. Optional attributes the
 #: engine reads: ``config()`` (recorded in the job's configuration), ``to_table(rows)`` (an Arrow
 #: table of a shard's rows; default :func:`.table.to_table`), ``text_maps`` (default schema with
-#: word maps), ``splits_texts`` (``False``: a failing image is not retried text by text).
+#: word maps), ``splits_texts`` (``False``: a failing image is not retried text by text),
+#: ``refused_texts(texts) -> {text: reason}`` (texts it must not explain, e.g. longer than the
+#: model's context: error rows with ``"code": "text_too_long"``).
 BatchExplainer = Callable[[torch.Tensor, Sequence[Sequence[str]]], List[List[Dict[str, Any]]]]
+Rows = List[Dict[str, Any]]
+
+
+def _no_fault(rank: int, written: int) -> None:
+    """The production :data:`after_shard`: nothing."""
+
+
+#: Test seam: ``after_shard(rank, written)`` runs after a rank wrote a shard (``written``: its
+#: shards so far in this run). Fault-injection tests replace it (e.g. to kill the rank); the
+#: engine never reads the environment for it.
+after_shard: Callable[[int, int], None] = _no_fault
+
+
+@dataclass
+class WorkInput:
+    """One input of a batch as a ``DataLoader`` worker hands it over: its ``index`` in the
+    dataset and ``key``, and either ``pixels (3, H, W)`` and ``texts`` or the ``error`` that kept
+    it from being decoded."""
+
+    index: int
+    key: Optional[str]
+    pixels: Optional[torch.Tensor] = None
+    texts: Tuple[str, ...] = ()
+    error: Optional[str] = None
+    #: each text's position among the image's texts (default: 0, 1, ...)
+    positions: Optional[Tuple[int, ...]] = None
+
+    def position(self, j: int) -> int:
+        return j if self.positions is None or j >= len(self.positions) else self.positions[j]
 
 
 class _Safe:
-    """``dataset[i]`` -> ``("ok", i, key, pixels, texts)`` or ``("error", i, key, reason)``:
-    decoding errors stay in the worker as data."""
+    """``dataset[i]`` -> a :class:`WorkInput`: decoding errors stay in the worker as data."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
@@ -51,14 +79,19 @@ class _Safe:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> Tuple[Any, ...]:
+    def __getitem__(self, i: int) -> WorkInput:
         try:
             key, pixels, texts = self.dataset[i]
             if not torch.is_tensor(pixels) or pixels.dim() != 3:
                 raise TypeError(f"pixels must be a (3, H, W) tensor, got {type(pixels).__name__}")
-            return ("ok", i, str(key), pixels, list(texts))
+            return WorkInput(i, str(key), pixels, tuple(texts))
         except Exception as e:  # a bad input never stops the run: it becomes an error row
-            return ("error", i, key_of(self.dataset, i), _reason(e))
+            return WorkInput(i, key_of(self.dataset, i), error=_reason(e))
+
+
+def _no_texts(x: WorkInput) -> WorkInput:
+    """An input without texts is an error (e.g. an empty ``"texts"`` list in a pairs file)."""
+    return WorkInput(x.index, x.key, error="no texts to explain this image for (an empty texts list)")
 
 
 def _reason(e: Exception) -> str:
@@ -66,7 +99,7 @@ def _reason(e: Exception) -> str:
     return str(e) if isinstance(e, CLIError) else f"{type(e).__name__}: {e}"
 
 
-def _collate(records: List[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
+def _collate(records: List[WorkInput]) -> List[WorkInput]:
     return records
 
 
@@ -76,8 +109,9 @@ class _Shard:
 
     index: int
     left: int
-    rows: List[Dict[str, Any]] = field(default_factory=list)
-    errors: List[Dict[str, Any]] = field(default_factory=list)
+    rows: Rows = field(default_factory=list)
+    errors: Rows = field(default_factory=list)
+    inputs: List[WorkInput] = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
 
 
@@ -90,11 +124,73 @@ def _batches(shards: List[range], batch_size: int) -> List[List[int]]:
     return [list(r[s:s + batch_size]) for r in shards for s in range(0, len(r), batch_size)]
 
 
-def _error(key: Optional[str], reason: str, text: Optional[str] = None) -> Dict[str, Any]:
-    rec = {"image": key, "error": reason}
+def _error(key: Optional[str], reason: str, text: Optional[str] = None, index: Optional[int] = None,
+           code: Optional[str] = None) -> Dict[str, Any]:
+    """An error record; ``index`` (the input's, kept in memory only) ties it to its input."""
+    rec: Dict[str, Any] = {"image": key, "error": reason}
     if text is not None:
         rec["text"] = text
+    if code is not None:
+        rec["code"] = code
+    if index is not None:
+        rec["_input"] = index
     return rec
+
+
+@dataclass
+class Outcome:
+    """What explaining some inputs gave: ``rows``, ``errors`` and the first exception an error
+    row came from (``failure``)."""
+
+    rows: Rows = field(default_factory=list)
+    errors: Rows = field(default_factory=list)
+    failure: Optional[Exception] = None
+
+    def add(self, other: "Outcome") -> None:
+        self.rows += other.rows
+        self.errors += other.errors
+        self.failure = self.failure or other.failure
+
+
+def _attempt(explain: BatchExplainer, inputs: Sequence[WorkInput]) -> Tuple[Optional[Rows], Optional[Exception]]:
+    """The rows of ``inputs`` explained together, or ``(None, the exception)``."""
+    try:
+        rows = explain(torch.stack([x.pixels for x in inputs]), [list(x.texts) for x in inputs])
+    except Exception as e:  # the caller falls back to smaller calls
+        return None, e
+    return [{**r, "image": x.key, "text_index": x.position(j), "_input": x.index}
+            for x, rs in zip(inputs, rows) for j, r in enumerate(rs)], None
+
+
+def _text_by_text(explain: BatchExplainer, x: WorkInput, failure: Exception) -> Outcome:
+    """One image whose call failed with ``failure``: its texts one at a time, or (an explainer
+    with ``splits_texts = False``, whose texts go together) one error row for the image."""
+    if not getattr(explain, "splits_texts", True):
+        return Outcome(errors=[_error(x.key, _reason(failure), index=x.index)], failure=failure)
+    out = Outcome()
+    for j, t in enumerate(x.texts):
+        rows, e = _attempt(explain, [WorkInput(x.index, x.key, x.pixels, (t,), positions=(x.position(j),))])
+        if rows is None:
+            out.add(Outcome(errors=[_error(x.key, _reason(e), t, x.index)], failure=e))
+        else:
+            out.rows += rows[:1]
+    return out
+
+
+def explain_group(explain: BatchExplainer, group: Sequence[WorkInput]) -> Outcome:
+    """Rows and errors of same-shape inputs: the group at once, else image by image, else text
+    by text (only the inputs that fail are lost)."""
+    rows, failure = _attempt(explain, group)
+    if rows is not None:
+        return Outcome(rows)
+    out = Outcome()
+    for x in group:
+        rows, e = (None, failure) if len(group) == 1 else _attempt(explain, [x])
+        if rows is None:
+            out.add(_text_by_text(explain, x, e))
+        else:
+            out.rows += rows
+    return out
 
 
 class _Runner:
@@ -107,81 +203,87 @@ class _Runner:
         self.rows_done = 0
         self.first_failure: Optional[Exception] = None
         self.written = 0
-        kill = os.environ.get(KILL_ENV, "")
-        self.kill_rank, _, n = kill.partition(":")
-        self.kill_after = int(n) if n else 0
 
-    def explain_group(self, good: List[Tuple[Any, ...]]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-        """Rows and errors of same-shape examples: the batch at once, else image by image, else
-        text by text (only the inputs that fail are lost)."""
-        try:
-            return self._rows(good, self.explain(torch.stack([g[3] for g in good]), [g[4] for g in good])), []
-        except Exception as e:
-            if len(good) == 1:
-                return self._one_failed(good[0], e)
-        rows, errors = [], []
-        for g in good:
-            r, e = self.explain_group([g])
-            rows += r
-            errors += e
-        return rows, errors
-
-    def _one_failed(self, g: Tuple[Any, ...], e: Exception) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-        """One image that failed: text by text, or (an explainer with ``splits_texts = False``,
-        whose texts go together) an error row for the image."""
-        if getattr(self.explain, "splits_texts", True):
-            return self._texts_one_by_one(g)
-        self.first_failure = self.first_failure or e
-        return [], [_error(g[2], _reason(e))]
-
-    def _texts_one_by_one(self, g: Tuple[Any, ...]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-        rows, errors = [], []
-        for j, t in enumerate(g[4]):
-            try:
-                r = self.explain(g[3][None], [[t]])[0]
-            except Exception as e:
-                self.first_failure = self.first_failure or e
-                errors.append(_error(g[2], _reason(e), t))
-                continue
-            rows += [{**r[0], "image": g[2], "text_index": j}]
-        return rows, errors
-
-    def _rows(self, good: List[Tuple[Any, ...]], rows: List[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
-        return [{**r, "image": g[2], "text_index": j} for g, rs in zip(good, rows) for j, r in enumerate(rs)]
-
-    def batch(self, records: List[Tuple[Any, ...]], shard: _Shard) -> None:
+    def batch(self, records: List[WorkInput], shard: _Shard) -> None:
         """Explain one batch into ``shard``; same-shape images are explained together, with
         torch's random generator seeded by the batch's first index (the same numbers whatever
         the world size, and on a rerun)."""
-        torch.manual_seed(records[0][1])
-        groups: Dict[Tuple[int, ...], List[Tuple[Any, ...]]] = {}
-        for rec in records:
-            if rec[0] == "error":
-                shard.errors.append(_error(rec[2], rec[3]))
-            else:
-                groups.setdefault(tuple(rec[3].shape), []).append(rec)
+        torch.manual_seed(records[0].index)
+        groups: Dict[Tuple[int, ...], List[WorkInput]] = {}
+        for x in records:
+            shard.inputs.append(x)
+            x = self._refuse_texts(x, shard) if x.error is None else x
+            if x.error is not None:
+                shard.errors.append(_error(x.key, x.error, index=x.index))
+            elif x.texts:
+                groups.setdefault(tuple(x.pixels.shape), []).append(x)
         for good in groups.values():
-            rows, errors = self.explain_group(good)
-            if not rows and not self.rows_done and self.first_failure is not None:
+            got = explain_group(self.explain, good)
+            self.first_failure = self.first_failure or got.failure
+            if not got.rows and not self.rows_done and self.first_failure is not None:
                 raise RuntimeError(f"every input of this rank's first batch failed to explain ({len(good)} images), "
                                    f"a problem of the job rather than of its inputs: {_reason(self.first_failure)}"
                                    ) from self.first_failure
-            shard.rows += rows
-            shard.errors += errors
-            self.rows_done += len(rows)
+            shard.rows += got.rows
+            shard.errors += got.errors
+            self.rows_done += len(got.rows)
         shard.left -= len(records)
 
+    def _refuse_texts(self, x: WorkInput, shard: _Shard) -> WorkInput:
+        """``x`` without the texts the explainer refuses (error rows), or an error if it has none."""
+        if not x.texts:
+            return _no_texts(x)
+        refuse = getattr(self.explain, "refused_texts", None)
+        refused = refuse(x.texts) if refuse is not None else {}
+        if not refused:
+            return x
+        keep = [j for j, t in enumerate(x.texts) if t not in refused]
+        shard.errors += [_error(x.key, refused[t], t, x.index, "text_too_long") for t in x.texts if t in refused]
+        return WorkInput(x.index, x.key, x.pixels, tuple(x.texts[j] for j in keep), positions=tuple(keep))
+
     def finish(self, shard: _Shard, rank: int) -> None:
-        store.write_shard(self.out, shard.index, self.to_table(shard.rows), shard.errors)
+        inputs = account_for(shard, getattr(self.explain, "splits_texts", True))
+        rows = [{k: v for k, v in r.items() if k != "_input"} for r in shard.rows]
+        errors = [{k: v for k, v in e.items() if k != "_input"} for e in shard.errors]
+        store.write_shard(self.out, shard.index, self.to_table(rows), errors, inputs)
         self.written += 1
         print(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "shard": shard.index, "rows": len(shard.rows),
                           "errors": len(shard.errors), "seconds": round(time.perf_counter() - shard.t0, 3)}),
               file=self.log, flush=True)
-        if self.kill_after and self.kill_rank == str(rank) and self.written >= self.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        after_shard(rank, self.written)
 
 
-def _loader(dataset: Any, batches: List[List[int]], num_workers: int) -> Iterator[List[Tuple[Any, ...]]]:
+def account_for(shard: _Shard, per_text: bool = True) -> Dict[str, Optional[int]]:
+    """What became of the shard's inputs (see :data:`.store.INPUT_COUNTS`); an input with
+    neither a row nor an error (an explainer that returned fewer rows than texts) gets an error
+    row here, so that no input is lost without a word. ``per_text=False`` (an explainer whose rows
+    are not one per text, ``splits_texts = False``): images only."""
+    with_rows = {r["_input"] for r in shard.rows}
+    if not per_text:
+        for x in shard.inputs:
+            if x.index not in with_rows and not any(e["_input"] == x.index for e in shard.errors):
+                shard.errors.append(_error(x.key, "the explainer returned no row for this image", index=x.index))
+        images = len(shard.inputs)
+        return {"images": images, "images_with_rows": len(with_rows), "images_only_in_errors": images - len(with_rows),
+                "texts": None, "rows": len(shard.rows), "text_errors": None}
+    failed = {e["_input"] for e in shard.errors if "text" not in e}
+    covered = {(r["_input"], r["text_index"]) for r in shard.rows}
+    text_errors = {(e["_input"], e["text"]) for e in shard.errors if "text" in e}
+    texts = 0
+    for x in shard.inputs:
+        if x.error is not None or x.index in failed:
+            continue
+        texts += len(x.texts)
+        for j, t in enumerate(x.texts):
+            if (x.index, j) not in covered and (x.index, t) not in text_errors:
+                shard.errors.append(_error(x.key, "the explainer returned no row for this text", t, x.index))
+                text_errors.add((x.index, t))
+    images = len(shard.inputs)
+    return {"images": images, "images_with_rows": len(with_rows), "images_only_in_errors": images - len(with_rows),
+            "texts": texts, "rows": len(shard.rows), "text_errors": len(text_errors)}
+
+
+def _loader(dataset: Any, batches: List[List[int]], num_workers: int) -> Iterator[List[WorkInput]]:
     from torch.utils.data import DataLoader
 
     if not batches:
@@ -221,6 +323,46 @@ def start(out: Path, config: Dict[str, Any], ranks: "dist.Ranks") -> None:
         raise store.ScaleError(message)
 
 
+@contextmanager
+def prepared(out: Path, config: Dict[str, Any], ranks: "dist.Ranks") -> Iterator[None]:
+    """``with prepared(out, config, ranks):`` :func:`start`, then the checks that need the model;
+    if the block fails (a validation error, a model that does not load), what :func:`start`
+    wrote is removed again (:func:`.store.unprepare`), so that the corrected command is not
+    refused as another job.
+
+    Raises:
+        ScaleError: as :func:`start`; and what the block raises.
+    """
+    fresh = ranks.rank == 0 and not (out / "config.json").exists()
+    made_out = not out.exists()
+    start(out, config, ranks)
+    try:
+        yield
+    except BaseException:
+        if fresh:
+            store.unprepare(out, made_out)
+        raise
+
+
+def _check_finished(out: Path, shards: int, ranks: "dist.Ranks") -> None:
+    """Rank 0 checks every finished shard's sha256 before any work; every rank raises its error.
+
+    Raises:
+        DamagedShard: a finished shard is not the one written (one line: which, and what to do).
+    """
+    message = None
+    if ranks.rank == 0:
+        try:
+            for i in range(shards):
+                if store.is_done(out, i):
+                    store.verify(out, i)
+        except store.DamagedShard as e:
+            message = str(e)
+    message = ranks.broadcast(message)
+    if message:
+        raise store.DamagedShard(message)
+
+
 def _progress(total: int, ranks: "dist.Ranks", enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -235,9 +377,11 @@ def run(dataset: Any, explainer: BatchExplainer, out: Path, ranks: "dist.Ranks",
     ``images``, ``wall_s``, ``images_per_s``, ``skipped_shards``).
 
     Raises:
-        ScaleError: a shard is missing at the end.
+        ScaleError: a shard is missing at the end, the disk is full, the inputs do not add up.
+        DamagedShard: a finished shard is not the one written (checked before any work).
     """
     shards = plan(len(dataset), shard_size)
+    _check_finished(out, len(shards), ranks)
     mine = [i for i in range(len(shards)) if i % ranks.world == ranks.rank]
     todo = [i for i in mine if not store.is_done(out, i)]
     runner = _Runner(explainer, out, open(out / "logs" / f"rank-{ranks.rank}.log", "a"))
@@ -273,7 +417,7 @@ def run(dataset: Any, explainer: BatchExplainer, out: Path, ranks: "dist.Ranks",
                "world_size": ranks.world}
     if manifest is not None:
         summary.update(pairs=manifest["totals"]["rows"], errors=manifest["totals"]["errors"],
-                       shards=manifest["totals"]["shards"])
+                       shards=manifest["totals"]["shards"], texts_too_long=manifest["warnings"]["texts_too_long"])
     return summary
 
 

@@ -11,6 +11,7 @@ attribution with ``attribute_all`` whose columns are a fixed list of texts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -64,6 +65,21 @@ def _rows(maps: Tensor, scores: Tensor, columns: Dict[str, int], texts: Sequence
             for n, ts in enumerate(texts)]
 
 
+def token_count(clip: "LoadedCLIP", text: str) -> Tuple[int, Optional[int]]:
+    """``(tokens of text with its start and end tokens, the text tower's context)``; the context
+    is ``None`` where this tokenizer does not tell (then nothing is refused)."""
+    tok = clip.tokenizer
+    if hasattr(tok, "model_max_length") and callable(tok):  # Hugging Face
+        config = getattr(getattr(clip.model, "config", None), "text_config", None)
+        limit = getattr(config, "max_position_embeddings", None) or tok.model_max_length
+        return len(tok(text, truncation=False, verbose=False).input_ids), limit
+    inner = getattr(tok, "tokenizer", tok)  # open_clip / OpenAI: SimpleTokenizer with .encode
+    limit = getattr(tok, "context_length", None) or getattr(inner, "context_length", None)
+    if limit is None or not hasattr(inner, "encode"):
+        return 0, None
+    return len(inner.encode(text)) + 2, limit
+
+
 class AttributeAllExplainer:
     """Any attribution with ``attribute_all(pixels (N, 3, H, W)) -> (N, K, h, w)`` whose ``K``
     columns are the fixed ``texts``: every image of the dataset must ask for texts among them.
@@ -87,41 +103,81 @@ class AttributeAllExplainer:
         return _rows(maps, scores, self.columns, texts)
 
 
-class CLIPExplainer:
-    """Grad-ECLIP image maps (and, with ``text_maps``, word maps) for a loaded CLIP.
+@dataclass(frozen=True)
+class ExplainerOptions:
+    """The method options of :class:`CLIPExplainer`, declared once: the explainer takes them, a
+    job's configuration records them (:meth:`describe`).
 
-    Args:
-        clip: the model, its preprocessing and layers.
+    Attributes:
         layers: indices into ``clip.image_layers`` (default: the last).
         spatial, single_head: as in :class:`~captum_gradeclip.ImageGradECLIP`.
         text_maps: also explain each text against its image: ``TextGradECLIP`` on the text
             tower's last ``text_layers`` blocks (one more image forward, and a text forward and
             backward, per batch).
-        device: where the inputs go (the model must already be there).
+        text_chunk: texts explained per backward (bounds memory for many prompts).
+
+    Raises:
+        ValueError: ``text_chunk`` below 1.
     """
 
-    def __init__(self, clip: "LoadedCLIP", *, layers: Sequence[int] = (-1,), spatial: str = "cosine",
-                 single_head: bool = False, text_maps: bool = False, text_layers: int = 8,
-                 text_chunk: int = 64, device: Any = "cpu") -> None:
-        if text_chunk < 1:
-            raise ValueError(f"text_chunk must be at least 1, got {text_chunk}")
-        self.clip, self.layers, self.spatial, self.single_head = clip, list(layers), spatial, single_head
-        self.text_maps, self.text_layers, self.device = text_maps, text_layers, torch.device(device)
-        self.text_chunk = text_chunk
+    layers: Tuple[int, ...] = (-1,)
+    spatial: str = "cosine"
+    single_head: bool = False
+    text_maps: bool = False
+    text_layers: int = 8
+    text_chunk: int = 64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if self.text_chunk < 1:
+            raise ValueError(f"text_chunk must be at least 1, got {self.text_chunk}")
+
+    def describe(self) -> Dict[str, Any]:
+        """The options as a job's configuration records them."""
+        return {"method": "ImageGradECLIP", "layers": list(self.layers), "spatial": self.spatial,
+                "single_head": bool(self.single_head), "text_maps": bool(self.text_maps),
+                "text_layers": self.text_layers if self.text_maps else None, "text_chunk": self.text_chunk}
+
+
+class CLIPExplainer:
+    """Grad-ECLIP image maps (and, with ``text_maps``, word maps) for a loaded CLIP.
+
+    Args:
+        clip: the model, its preprocessing and layers.
+        device: where the inputs go (the model must already be there).
+        **options: :class:`ExplainerOptions` (``layers``, ``spatial``, ``single_head``,
+            ``text_maps``, ``text_layers``, ``text_chunk``).
+    """
+
+    def __init__(self, clip: "LoadedCLIP", *, device: Any = "cpu", **options: Any) -> None:
+        self.clip, self.options, self.device = clip, ExplainerOptions(**options), torch.device(device)
+        self.text_maps = self.options.text_maps
         self._cached: Dict[Tuple[str, ...], Any] = {}
+        self._lengths: Dict[str, Tuple[int, Optional[int]]] = {}
 
     @staticmethod
-    def describe(*, layers: Sequence[int] = (-1,), spatial: str = "cosine", single_head: bool = False,
-                 text_maps: bool = False, text_layers: int = 8, text_chunk: int = 64) -> Dict[str, Any]:
-        """The method options as a job's configuration records them (before loading a model)."""
-        return {"method": "ImageGradECLIP", "layers": list(layers), "spatial": spatial,
-                "single_head": bool(single_head), "text_maps": bool(text_maps),
-                "text_layers": text_layers if text_maps else None, "text_chunk": text_chunk}
+    def describe(**options: Any) -> Dict[str, Any]:
+        """The method options (:class:`ExplainerOptions`) as a job's configuration records them
+        (before loading a model)."""
+        return ExplainerOptions(**options).describe()
 
     def config(self) -> Dict[str, Any]:
         """:meth:`describe` of this explainer's options."""
-        return self.describe(layers=self.layers, spatial=self.spatial, single_head=self.single_head,
-                             text_maps=self.text_maps, text_layers=self.text_layers, text_chunk=self.text_chunk)
+        return self.options.describe()
+
+    def refused_texts(self, texts: Sequence[str]) -> Dict[str, str]:
+        """The texts longer than the text tower's context (the tokenizer would cut them, and the
+        map would be of another text than the row says), each with the reason: the engine makes
+        them error rows (``"code": "text_too_long"``) and counts them in the manifest."""
+        out = {}
+        for t in texts:
+            if t not in self._lengths:
+                self._lengths[t] = token_count(self.clip, t)
+            n, limit = self._lengths[t]
+            if limit is not None and n > limit:
+                out[t] = (f"the text is {n} tokens, longer than the model's context of {limit}: it would be "
+                          "explained cut short; shorten it")
+        return out
 
     def _tokens(self, texts: Sequence[str]) -> Tuple[Tensor, Optional[Tensor]]:
         ids, mask = self.clip.tokens(texts)
@@ -136,9 +192,9 @@ class CLIPExplainer:
             if len(self._cached) >= 64:  # per-image texts (--pairs): keep the cache bounded
                 self._cached.clear()
             sim = self.clip.image_similarity(*self._tokens(union))
-            layers = [self.clip.image_layers[i] for i in self.layers]
+            layers = [self.clip.image_layers[i] for i in self.options.layers]
             self._cached[union] = ImageGradECLIP(sim, layers if len(layers) > 1 else layers[0],
-                                                 spatial=self.spatial, single_head=self.single_head)
+                                                 spatial=self.options.spatial, single_head=self.options.single_head)
         return self._cached[union]
 
     def __call__(self, pixels: Tensor, texts: Sequence[Sequence[str]]) -> Rows:
@@ -148,8 +204,8 @@ class CLIPExplainer:
         union = tuple(sorted({t for ts in texts for t in ts}))
         columns = {t: k for k, t in enumerate(union)}
         pixels = pixels.to(self.device)
-        parts = [attribute_with_scores(self._image_explainer(union[i:i + self.text_chunk]), pixels)
-                 for i in range(0, len(union), self.text_chunk)]
+        parts = [attribute_with_scores(self._image_explainer(union[i:i + self.options.text_chunk]), pixels)
+                 for i in range(0, len(union), self.options.text_chunk)]
         maps, scores = torch.cat([m for m, _ in parts], 1), torch.cat([s for _, s in parts], 1)
         rows = _rows(maps, scores, columns, texts)
         if self.text_maps:
@@ -163,8 +219,8 @@ class CLIPExplainer:
 
         ids, mask = self._tokens(union)
         tsim = self.clip.text_similarity(pixels)
-        expl = TextGradECLIP(tsim, self.clip.text_layers[-self.text_layers:],
-                             spatial=self.spatial, single_head=self.single_head)
+        expl = TextGradECLIP(tsim, self.clip.text_layers[-self.options.text_layers:],
+                             spatial=self.options.spatial, single_head=self.options.single_head)
         words = expl.attribute_all(ids, additional_forward_args=None if mask is None else (mask,))
         words = words.to("cpu", torch.float32)  # (T, N, L)
         eos = tsim.eos_positions(ids).tolist()

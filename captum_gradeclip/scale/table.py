@@ -58,25 +58,45 @@ def _files(out: Union[str, Path]) -> List[Path]:
     return files
 
 
-def read_maps(out: Union[str, Path], columns: Optional[Sequence[str]] = None) -> Iterator[Dict[str, Any]]:
+def _recorded(out: Path) -> Dict[str, str]:
+    """file name -> the sha256 the manifest records (a finished job), else the shards' sums files."""
+    import json
+
+    try:
+        return {s["file"]: s["sha256"] for s in json.loads((out / "manifest.json").read_text())["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def read_maps(out: Union[str, Path], columns: Optional[Sequence[str]] = None,
+              verify: bool = True) -> Iterator[Dict[str, Any]]:
     """The rows of a finished (or partly finished) job, shard by shard, with ``map`` as a float32
     tensor ``(map_h, map_w)`` and ``word_map`` (if any) as ``(W,)``.
 
     Args:
         out: the job's output folder.
         columns: only these columns (``map`` needs ``map_h`` and ``map_w``, added for it).
+        verify: check each shard's sha256 against the manifest's (or, before the end, the one
+            recorded when it was written) before reading it; ``False`` skips it, for speed.
 
     Yields:
         one dict per row.
 
     Raises:
         FileNotFoundError: no shards in ``out``.
+        DamagedShard: (``verify``) a shard is not the one written, or not readable Parquet.
     """
     import pyarrow.parquet as pq
 
+    from . import store
+
     cols = None if columns is None else list(dict.fromkeys(
         list(columns) + (["map_h", "map_w"] if "map" in columns else [])))
+    out = Path(out)
+    recorded = _recorded(out) if verify else {}
     for f in _files(out):
+        if verify:
+            store.verify(out, int(f.stem.split("-")[1]), recorded.get(f.name))
         table = pq.read_table(f, columns=cols)
         lists = {c: _tensors(table.column(c)) for c in ("map", "word_map") if c in table.column_names}
         plain = table.drop_columns(list(lists)).to_pylist()

@@ -8,8 +8,9 @@ for ``openai/clip-vit-base-patch16``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Tuple
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 from .scenes import COLOUR_NAMES, SHAPES
 
@@ -26,6 +27,20 @@ IMAGE_SIZE = 64
 PATCH_SIZE = 8
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def unknown_words(texts: Sequence[str]) -> List[str]:
+    """The words (and other characters) of ``texts`` outside ShapesCLIP's vocabulary
+    (:data:`WORDS`), each once, in order of appearance. Its tokenizer splits such a word into
+    letters (``"dog"`` -> ``d o g``), which the model never saw as a word: the map of such a
+    text explains letters, not the word.
+
+    Args:
+        texts: ``T`` prompts (case does not matter: the tokenizer lowercases).
+    """
+    known = set(WORDS)
+    found = [w for t in texts for w in re.findall(r"[^\W_]+|[^\w\s]|_", t.lower()) if w not in known]
+    return list(dict.fromkeys(found))
 
 
 def _byte_chars() -> list[str]:
@@ -128,6 +143,9 @@ def load_shapes_clip(path: "str | Path | None" = None) -> Tuple["CLIPModel", "CL
             f"no ShapesCLIP checkpoint in {path}; train one with "
             "`python -m captum_gradeclip.shapes.train --out DIR`"
         )
-    model = CLIPModel.from_pretrained(path, local_files_only=True)
-    processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+    from ..hub import quiet_loading
+
+    with quiet_loading():  # no "Loading weights" bar on every command
+        model = CLIPModel.from_pretrained(path, local_files_only=True)
+        processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
     return model.eval(), processor

@@ -1,0 +1,96 @@
+"""``captum-gradeclip analyze concreteness``: a word's concreteness against how much CLIP uses it.
+
+    captum-gradeclip analyze concreteness --out DIR                       # ShapesCLIP, held-out scenes
+    captum-gradeclip analyze concreteness --pairs pairs.jsonl --model NAME --out DIR
+    captum-gradeclip analyze concreteness --maps JOB --out DIR            # a finished explain-dataset --text-maps job
+    torchrun --nproc-per-node 2 -m captum_gradeclip analyze concreteness --pairs ... --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .._io import CLIError
+from .common import add_model_args, is_main_process, job_errors, load_clip, run_maps_job, write_rows, write_summary
+
+
+def _dataset(args: argparse.Namespace, clip) -> tuple:
+    """The engine's dataset and the job's configuration: the pairs file's images and texts, or
+    ``--scenes`` ShapesCLIP scenes (seeds from :data:`.concreteness.CONCRETENESS_SEED_START`)
+    with their full captions."""
+    from ..scale import ImageFolderDataset, pair_items
+    from .common import SceneDataset
+    from .concreteness import CONCRETENESS_SEED_START
+
+    if args.pairs:
+        root = Path(args.images) if args.images else Path(args.pairs).parent
+        return ImageFolderDataset(root, pair_items(root, args.pairs), clip.pixels), {"pairs": str(args.pairs)}
+    seeds = range(CONCRETENESS_SEED_START, CONCRETENESS_SEED_START + args.scenes)
+    return SceneDataset(clip, seeds, lambda sc: [sc.caption()]), {"scenes": [seeds.start, seeds.stop - 1]}
+
+
+def cmd_concreteness(args: argparse.Namespace) -> None:
+    """Compute (or read) the word maps, then rows, summary and figure (rank 0)."""
+    if min(args.batch_size, args.shard_size, args.scenes) < 1:
+        raise CLIError(f"--batch-size, --shard-size and --scenes must be at least 1, got {args.batch_size}, "
+                       f"{args.shard_size} and {args.scenes}")
+    from ..scale import read_maps
+    from .concreteness import from_maps, load_ratings, summarize
+    from .figures import concreteness_figure
+    from .words import bpe_tokens
+
+    if args.min_count < 1:
+        raise CLIError(f"--min-count must be at least 1, got {args.min_count}")
+    ratings = load_ratings()
+    clip = load_clip(args)
+    out = Path(args.out)
+    if args.maps:
+        maps = Path(args.maps)
+        if not list(maps.glob("shard-*.parquet")):
+            raise CLIError(f"--maps {maps} holds no shard-*.parquet: give a finished explain-dataset --text-maps job")
+    else:
+        dataset, inputs = _dataset(args, clip)
+        config = {"study": "concreteness", "model": args.open_clip or args.model or "ShapesCLIP (shipped)", **inputs}
+        maps = run_maps_job(dataset, clip, out / "maps", batch_size=args.batch_size, shard_size=args.shard_size,
+                               config=config)
+        if not is_main_process():
+            return
+    job = read_maps(maps, columns=["image", "text", "words", "word_map"])
+    rows, errors = from_maps(job, lambda t: bpe_tokens(clip, t)[0], ratings)
+    errors = [{"image": e.image, "text": e.text, "error": e.error} for e in errors] + job_errors(maps)
+    write_rows(rows, out)
+    (out / "errors.jsonl").write_text("".join(json.dumps(e) + "\n" for e in errors), encoding="utf-8")
+    summary = summarize(rows, errors, min_count=args.min_count, n_boot=args.n_boot)
+    summary["maps"] = str(maps)
+    summary["model"] = args.open_clip or args.model or "ShapesCLIP (shipped)"
+    write_summary(summary, out)
+    concreteness_figure(summary, out / "concreteness.png")
+    _report(summary, out)
+
+
+def _report(summary: dict, out: Path) -> None:
+    w, t = summary["word_level"], summary["token_level"]
+
+    def r(c):
+        return "n/a" if c is None else f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
+    print(f"{out}: {summary['captions']} captions, {summary['occurrences']} words, {summary['distinct_words']} distinct, "
+          f"{summary['unrated']['distinct']} unrated, {summary['errors']} error rows; words with count >= "
+          f"{summary['min_count']} (n = {w['n']}): Spearman {r(w['spearman'])}, Pearson {r(w['pearson'])}; "
+          f"tokens (n = {t['n']}): Spearman {r(t['spearman'])}", file=sys.stderr)
+
+
+def add_parser(asub: "argparse._SubParsersAction") -> None:
+    """Register ``concreteness`` on ``analyze``'s subparsers."""
+    p = asub.add_parser("concreteness", help="a word's concreteness against its Grad-ECLIP word importance")
+    add_model_args(p)
+    # one pair per batch: its texts are the columns of one attribute_all (with more, the columns are
+    # the union of the batch's texts and every image pays for all of them: benchmarks/analysis_cost.py)
+    p.set_defaults(batch_size=1)
+    p.add_argument("--scenes", type=int, default=300, help="ShapesCLIP scenes without --pairs (default 300)")
+    p.add_argument("--min-count", type=int, default=5, help="words seen fewer times are left out of the statistics")
+    p.add_argument("--shard-size", type=int, default=64, help="images per shard of the maps job (default 64)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
+    p.set_defaults(func=cmd_concreteness)

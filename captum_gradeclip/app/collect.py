@@ -1,0 +1,213 @@
+"""What a report shows of a job folder: its configuration, totals, errors, per-text statistics and
+a capped selection of its rows (read with pyarrow, maps only for the rows kept).
+
+Two kinds of folder: an ``explain-dataset`` output (``shard-*.parquet`` with maps, see
+:mod:`captum_gradeclip.scale.table`) and a folder benchmark's ``OUT_DIR`` (``benchmark.json`` and
+``curves/shard-*.parquet``: one row per (image, method) with its AUCs, no maps).
+
+The caps (:class:`ReportCaps`): for each of the ``texts`` most frequent texts, its ``best``
+highest- and ``best`` lowest-scoring rows, plus ``sample`` rows drawn at random (``seed``) from
+the whole job. So the report's size depends on the caps, not on the job's size. A benchmark's
+rows are grouped by method instead of text and ranked by their insertion AUC instead of the score.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from .._io import CLIError
+
+#: Columns every report reads; the other scalar columns are shown as they are.
+CORE = ("image", "text", "score")
+_HIDDEN = {"map", "map_h", "map_w", "words", "word_map", "text_index", "target",
+           "deletion", "insertion", "deletion_accuracy", "insertion_accuracy"}
+
+
+@dataclass(frozen=True)
+class ReportCaps:
+    """How much of a job a report keeps (see the module docstring)."""
+
+    best: int = 8
+    sample: int = 200
+    texts: int = 20
+    seed: int = 0
+
+
+@dataclass
+class Row:
+    """A kept row: where it is (``shard``, ``index``), its values, why it was kept
+    (``"best"``, ``"worst"``, ``"sample"``), and its map ``(h, w)`` (``None`` for a benchmark row)."""
+
+    shard: int
+    index: int
+    values: Dict[str, Any]
+    why: List[str] = field(default_factory=list)
+    map: Any = None
+
+
+@dataclass
+class Job:
+    """A job folder as the report shows it.
+
+    Attributes:
+        kind: ``"explain-dataset"`` or ``"benchmark"``. folder: the folder. config: its configuration
+        (``manifest.json`` or ``config.json``; for a benchmark also ``benchmark.json``).
+        totals: rows, images, texts, errors, shards. errors: the error records. per_text: text ->
+        (rows, mean, min, max score). rows: the kept rows. best, worst: text -> its kept rows,
+        best first / worst first. columns: the extra scalar columns (e.g. method, AUCs).
+        group, rank: the column rows are grouped by (``text``; a benchmark's ``method``) and ranked by
+        (``score``; a benchmark's ``insertion_auc``).
+    """
+
+    kind: str
+    folder: Path
+    config: Dict[str, Any]
+    totals: Dict[str, int]
+    errors: List[Dict[str, Any]]
+    per_text: Dict[str, Tuple[int, float, float, float]]
+    rows: List[Row]
+    best: Dict[str, List[Row]]
+    worst: Dict[str, List[Row]]
+    columns: List[str]
+    caps: ReportCaps
+    group: str = "text"
+    rank: str = "score"
+
+
+def _shard_folder(out: Path) -> Tuple[str, Path]:
+    if (out / "benchmark.json").is_file() and (out / "curves").is_dir():
+        return "benchmark", out / "curves"
+    if list(out.glob("shard-*.parquet")):
+        return "explain-dataset", out
+    raise CLIError(f"{out} is neither an explain-dataset output (shard-*.parquet) nor a folder benchmark's "
+                   "--out-dir (benchmark.json and curves/): give one of those folders")
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {"unreadable": str(path)}
+
+
+def _errors(shards: Path) -> List[Dict[str, Any]]:
+    files = [shards / "errors.jsonl"] if (shards / "errors.jsonl").is_file() else \
+        sorted((shards / "errors").glob("shard-*.jsonl"))
+    out = []
+    for f in files:
+        for line in f.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"error": line})
+    return out
+
+
+def _scan(files: List[Path]) -> Tuple[List[Tuple[int, int]], Dict[str, List[Any]], List[str]]:
+    """Every row's (shard, index) and its scalar columns, without the maps."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    where: List[Tuple[int, int]] = []
+    cols: Dict[str, List[Any]] = defaultdict(list)
+    schema = pq.read_schema(files[0])
+    extra = [f.name for f in schema if f.name not in CORE and f.name not in _HIDDEN
+             and not pa.types.is_list(f.type)]
+    for s, f in enumerate(files):
+        t = pq.read_table(f, columns=list(CORE) + extra).to_pydict()
+        where += [(s, i) for i in range(len(t["image"]))]
+        for c, v in t.items():
+            cols[c] += v
+    return where, cols, extra
+
+
+def _select(cols: Dict[str, List[Any]], caps: ReportCaps, group: str,
+            rank: str) -> Tuple[Dict[str, List[int]], Dict[str, List[int]], List[int]]:
+    """Row numbers: each frequent group's best and worst (by ``rank``), and the random sample."""
+    by_text: Dict[str, List[int]] = defaultdict(list)
+    for i, t in enumerate(cols[group]):
+        by_text[t].append(i)
+    frequent = [t for t, _ in Counter(cols[group]).most_common(caps.texts)]
+    best, worst = {}, {}
+    for t in frequent:
+        order = sorted(by_text[t], key=lambda i: (-cols[rank][i], i))
+        best[t], worst[t] = order[:caps.best], order[::-1][:caps.best]
+    n = len(cols["text"])
+    sample = sorted(random.Random(caps.seed).sample(range(n), min(caps.sample, n)))
+    return best, worst, sample
+
+
+def _maps(files: List[Path], rows: List[Row]) -> None:
+    """Fill in the kept rows' maps ``(h, w)``, reading each shard's ``map`` column once."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    by_shard: Dict[int, List[Row]] = defaultdict(list)
+    for r in rows:
+        by_shard[r.shard].append(r)
+    for s, kept in by_shard.items():
+        t = pq.read_table(files[s], columns=["map", "map_h", "map_w"]).take([r.index for r in kept]).to_pydict()
+        for j, r in enumerate(kept):
+            a = np.asarray(t["map"][j], dtype=np.float32).reshape(t["map_h"][j], t["map_w"][j])
+            r.map = torch.from_numpy(a)
+
+
+def _per_text(cols: Dict[str, List[Any]], group: str, rank: str) -> Dict[str, Tuple[int, float, float, float]]:
+    acc: Dict[str, List[float]] = defaultdict(list)
+    for t, s in zip(cols[group], cols[rank]):
+        acc[t].append(s)
+    return {t: (len(v), sum(v) / len(v), min(v), max(v)) for t, v in
+            sorted(acc.items(), key=lambda kv: -len(kv[1]))}
+
+
+def read_job(out: "str | Path", caps: ReportCaps = ReportCaps()) -> Job:
+    """The job folder ``out`` with its rows selected by ``caps``.
+
+    Raises:
+        CLIError: not a job folder, a folder whose shards pyarrow cannot read, or no pyarrow.
+    """
+    from ..scale.store import require_pyarrow
+
+    require_pyarrow("report")
+    out = Path(out)
+    if not out.is_dir():
+        raise CLIError(f"no such folder: {out}")
+    kind, shards = _shard_folder(out)
+    files = sorted(shards.glob("shard-*.parquet"))
+    if not files:
+        raise CLIError(f"{shards} holds no shard-*.parquet yet: run the job first")
+    try:
+        where, cols, extra = _scan(files)
+    except Exception as e:  # pyarrow's errors for a damaged file
+        raise CLIError(f"cannot read the shards in {shards} ({e.__class__.__name__}: {str(e)[:120]})") from None
+    group, rank = ("method", "insertion_auc") if kind == "benchmark" else ("text", "score")
+    best_i, worst_i, sample = _select(cols, caps, group, rank)
+    rows: Dict[int, Row] = {}
+
+    def keep(i: int, why: str) -> Row:
+        r = rows.setdefault(i, Row(*where[i], {c: cols[c][i] for c in list(CORE) + extra}))
+        if why not in r.why:
+            r.why.append(why)
+        return r
+
+    best = {t: [keep(i, "best") for i in ix] for t, ix in best_i.items()}
+    worst = {t: [keep(i, "worst") for i in ix] for t, ix in worst_i.items()}
+    for i in sample:
+        keep(i, "sample")
+    kept = [rows[i] for i in sorted(rows)]
+    if kind == "explain-dataset":
+        _maps(files, kept)
+    config = _read_json(shards / "manifest.json") or _read_json(shards / "config.json")
+    if kind == "benchmark":
+        config = {"benchmark": _read_json(out / "benchmark.json"), "job": config}
+    errors = _errors(shards)
+    totals = {"rows": len(where), "images": len(set(cols["image"])), "texts": len(set(cols["text"])),
+              "errors": len(errors), "shards": len(files), "rows shown": len(kept)}
+    return Job(kind, out, config, totals, errors, _per_text(cols, group, rank), kept, best, worst, extra, caps,
+               group, rank)
