@@ -384,7 +384,7 @@ def run_protocol(args: Any) -> Optional[Dict[str, Any]]:
     """
     from .. import distributed as dist
     from ..models import load
-    from ..scale.engine import job_config, run, start
+    from ..scale.engine import job_config, prepared, run
     from ..scale.store import require_pyarrow
     from .methods import image_methods, select
 
@@ -395,12 +395,13 @@ def run_protocol(args: Any) -> Optional[Dict[str, Any]]:
     keys = [it.image for it in dataset.items]
     out = Path(args.out_dir) / "curves"
     with dist.session("cpu") as ranks:
-        start(out, job_config(_config(args, keys, names, temps), len(dataset), SHARD_SIZE, args.batch), ranks)
-        clip = load(args.model, args.open_clip)
-        forward = zero_shot_forward(clip, zero_shot_weights(clip, names, temps))
-        explainer = ProtocolExplainer(forward, pixel_classifier(clip, forward),
-                                      select(image_methods(clip, forward), args.methods),
-                                      map_input_for(clip, args.map_input), args.target)
+        with prepared(out, job_config(_config(args, keys, names, temps), len(dataset), SHARD_SIZE, args.batch),
+                      ranks):  # a model that does not load leaves no job behind
+            clip = load(args.model, args.open_clip)
+            forward = zero_shot_forward(clip, zero_shot_weights(clip, names, temps))
+            explainer = ProtocolExplainer(forward, pixel_classifier(clip, forward),
+                                          select(image_methods(clip, forward), args.methods),
+                                          map_input_for(clip, args.map_input), args.target)
         summary = run(dataset, explainer, out, ranks, batch_size=args.batch, shard_size=SHARD_SIZE, num_workers=1,
                       progress=False)
     if ranks.rank != 0:

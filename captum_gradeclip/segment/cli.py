@@ -84,7 +84,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from ..benchmark.imagenet import map_input_for
     from ..models import check_choice, load
     from ..scale.data import read_prompts
-    from ..scale.engine import job_config, run, start
+    from ..scale.engine import job_config, prepared, run
     from ..scale.store import require_pyarrow
     from .job import SegmentExplainer, SegmentOptions, summarise
 
@@ -100,16 +100,17 @@ def cmd_segment(args: argparse.Namespace) -> None:
     out = Path(args.out)
     opts = SegmentOptions(tuple(prompts), tuple(background), args.threshold, args.normalise, out,
                           Path(args.masks) if args.masks else None, args.ignore_index)
+    config = {"model": {"hf": args.model, "open_clip": args.open_clip}, "images": data.keys,
+              "method": args.method, "single_head": args.single_head, "map_input": args.map_input,
+              "options": SegmentExplainer.describe(opts)}
     with dist.session("cpu") as ranks:
-        clip = load(args.model, args.open_clip)
-        sim = clip.image_similarity(*clip.tokens(prompts + background))
-        if hasattr(sim, "interpolate_pos_encoding"):
-            sim.interpolate_pos_encoding = True
-        explainer = SegmentExplainer(attribution(clip, sim, args.method, args.single_head),
-                                     map_input_for(clip, args.map_input), opts)
-        config = {"model": {"hf": args.model, "open_clip": args.open_clip}, "images": data.keys,
-                  "explainer": explainer.config()}
-        start(out, job_config(config, len(data), args.shard_size, args.batch_size), ranks)
+        with prepared(out, job_config(config, len(data), args.shard_size, args.batch_size), ranks):
+            clip = load(args.model, args.open_clip)
+            sim = clip.image_similarity(*clip.tokens(prompts + background))
+            if hasattr(sim, "interpolate_pos_encoding"):
+                sim.interpolate_pos_encoding = True
+            explainer = SegmentExplainer(attribution(clip, sim, args.method, args.single_head),
+                                         map_input_for(clip, args.map_input), opts)
         summary = run(data, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
                       num_workers=1, progress=not args.no_progress)
     if ranks.rank != 0:

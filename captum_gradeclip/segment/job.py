@@ -102,11 +102,11 @@ class SegmentExplainer:
     def __init__(self, attribution: Any, map_input: Any, options: SegmentOptions) -> None:
         self.attribution, self.map_input, self.o = attribution, map_input, options
 
-    def config(self) -> Dict[str, Any]:
-        o = self.o
+    @staticmethod
+    def describe(o: SegmentOptions) -> Dict[str, Any]:
+        """What identifies the job's options (recorded in its configuration)."""
         return {"prompts": list(o.prompts), "background": list(o.background), "threshold": o.threshold,
-                "normalise": o.normalise, "masks": str(o.masks) if o.masks else None, "ignore_index": o.ignore_index,
-                "method": type(self.attribution).__name__}
+                "normalise": o.normalise, "masks": str(o.masks) if o.masks else None, "ignore_index": o.ignore_index}
 
     def __call__(self, images: Tensor, texts: Sequence[Sequence[str]]) -> List[List[Dict[str, Any]]]:
         from ..scale.explain import attribute_with_scores
