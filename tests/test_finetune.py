@@ -68,8 +68,10 @@ def test_loss_shape_errors():
     e = torch.eye(4)
     with pytest.raises(ValueError, match="phrase_ids"):
         RegionPhraseLoss()(**_loss_inputs(e[:2], e[:2], [0, 1, 2]))
-    with pytest.raises(ValueError, match="R >= 1"):
-        RegionPhraseLoss()(**_loss_inputs(e[:0], e[:0], []))
+    with pytest.raises(ValueError, match=r"\(R, E\)"):
+        RegionPhraseLoss()(**_loss_inputs(e[:2], e[:3], [0, 1]))
+    # no region in the batch (mined captions without phrases): a zero region term
+    assert RegionPhraseLoss()(**_loss_inputs(e[:0], e[:0], [])).region.item() == 0.0
 
 
 def test_soft_mask_and_grid_masks():

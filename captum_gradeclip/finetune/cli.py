@@ -52,7 +52,35 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--save-every", type=int, default=c.save_every)
     f.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
     f.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # interruption, for tests
+    _add_variant_args(f, c)
     f.set_defaults(func=cmd_finetune)
+
+
+def _add_variant_args(f: Any, c: Any) -> None:
+    """The loss variants and the phrase source (benchmarks/finetune_ablation.py measures them)."""
+    from .data import PHRASE_MODES
+    from .loss import REGION_FORMS
+
+    f.add_argument("--phrases", choices=PHRASE_MODES, default="given",
+                   help="with --pairs: auto mines adjective(s) + noun phrases of captions without \"phrases\"")
+    f.add_argument("--region-weight", type=float, default=c.region_weight)
+    f.add_argument("--confidence", action=argparse.BooleanOptionalAction, default=c.confidence,
+                   help="weight each region-phrase term by its map's maximum")
+    f.add_argument("--focal-gamma", type=float, default=c.focal_gamma, help="focal region-phrase loss (0: cross-entropy)")
+    f.add_argument("--region-loss", choices=REGION_FORMS, default=c.region_form,
+                   help="region-phrase term: cross-entropy over the batch's phrases, or ShapesCLIP's sigmoid loss")
+    f.add_argument("--momentum", type=float, default=c.momentum,
+                   help="EMA decay of the momentum copy that anchors the image-caption term (0: none)")
+    f.add_argument("--distill", type=float, default=c.distill, help="the momentum copy's share of the image-caption targets")
+    f.add_argument("--freeze-projection", action=argparse.BooleanOptionalAction, default=c.freeze_projection,
+                   help="keep visual_projection fixed")
+
+
+def _variant_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """The :class:`~.train.FinetuneConfig` fields of :func:`_add_variant_args`' flags."""
+    return dict(region_weight=args.region_weight, confidence=args.confidence, focal_gamma=args.focal_gamma,
+                region_form=args.region_loss, momentum=args.momentum, distill=args.distill,
+                freeze_projection=args.freeze_projection)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -84,16 +112,24 @@ def _record(args: argparse.Namespace, cfg: Any, run: Dict[str, Any], init: Optio
 
 def _run(args: argparse.Namespace, cfg: Any, out: Path, d: Any, save: bool) -> Any:
     """Fine-tune a fresh copy of the initial model with ``cfg`` into ``out``; returns the model."""
-    from .data import PairsSource, ShapesSource, attach_mined_maps, read_pairs
+    import sys
+
+    from .data import PairsSource, ShapesSource, attach_mined_maps, read_pairs, unphrased
     from .train import finetune
 
     model, processor = _load(args)
     if args.pairs is None:
         if args.maps is not None:
             raise CLIError("--maps needs --pairs (ShapesCLIP scenes are mined during training)")
+        if args.phrases == "auto":
+            raise CLIError("--phrases auto needs --pairs (ShapesCLIP scenes come with their phrases)")
         source: Any = ShapesSource(cfg.seed, cfg.captions)
     else:
-        samples = read_pairs(args.pairs, args.separator)
+        samples = read_pairs(args.pairs, args.separator, args.phrases)
+        none = unphrased(samples)
+        if none and d.main:
+            print(f"{len(none)} of {len(samples)} captions yielded no phrase (kept for the image-caption term "
+                  f"only): {', '.join(none[:10])}{' ...' if len(none) > 10 else ''}", file=sys.stderr)
         if args.maps is not None:
             attach_mined_maps(samples, args.maps)
         source = PairsSource(samples, cfg.seed)
@@ -167,7 +203,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     with session() as d:  # the process group of torchrun's processes, closed in step after success
         torch.set_num_threads(args.threads or max(1, (torch.get_num_threads()) // d.world))
         cfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, masks=args.masks,
-                             save_every=args.save_every, captions=args.captions)
+                             save_every=args.save_every, captions=args.captions, **_variant_config(args))
         try:
             _train_and_evaluate(args, cfg, d)
         except ValueError as e:

@@ -12,7 +12,7 @@ distributed run takes its own slice of the same global batch and a resumed run s
   masks come along for the oracle ablation.
 - :class:`PairsSource`: a JSON-lines file, one ``{"image": PATH, "caption": TEXT, "phrases":
   [TEXT, ...]}`` per line (``PATH`` relative to the file; without ``"phrases"`` the caption is
-  split on a separator the user gives), shuffled by a seeded permutation per epoch. The phrases'
+  split on a separator the user gives, or with ``phrases="auto"`` mined by :mod:`.phrases`), shuffled by a seeded permutation per epoch. The phrases'
   maps may come mined beforehand from the dataset engine's Parquet output
   (:func:`attach_mined_maps`) instead of from the teacher during training.
 """
@@ -43,7 +43,9 @@ class Sample:
     """One training pair.
 
     Attributes:
-        image: RGB PIL image. caption: the caption. phrases: ``K >= 1`` phrases, each in the caption.
+        image: RGB PIL image. caption: the caption. phrases: ``K`` phrases, each in the caption
+            (``K >= 1``, except for a mined caption that yielded none: ``K = 0``, only the
+            image–caption term sees it).
         masks: ``(K, H, W)`` bool true masks of the phrases (ShapesCLIP only), else ``None``.
         key: the ``"image"`` string of a pairs file. maps: ``(K, h, w)`` the phrases' maps mined
             beforehand (:func:`attach_mined_maps`), else ``None`` (the teacher mines them).
@@ -57,8 +59,9 @@ class Sample:
     maps: Optional[Tensor] = None
 
 
-def check_phrases(caption: str, phrases: Sequence[str], where: str) -> List[str]:
-    """The phrases, checked: at least one, each a non-empty string found in ``caption`` (case-insensitive).
+def check_phrases(caption: str, phrases: Sequence[str], where: str, allow_empty: bool = False) -> List[str]:
+    """The phrases, checked: at least one (none allowed with ``allow_empty``), each a non-empty
+    string found in ``caption`` (case-insensitive).
 
     Raises:
         DataError: no phrases, an empty or non-string phrase, or a phrase not in the caption
@@ -67,9 +70,9 @@ def check_phrases(caption: str, phrases: Sequence[str], where: str) -> List[str]
     if not isinstance(caption, str) or not caption.strip():
         raise DataError(f"{where}: the caption must be a non-empty string, got {caption!r}")
     phrases = list(phrases)
-    if not phrases:
-        raise DataError(f"{where}: the caption {caption!r} has no phrases; give \"phrases\" or a separator "
-                        "that splits it (--separator)")
+    if not phrases and not allow_empty:
+        raise DataError(f"{where}: the caption {caption!r} has no phrases; give \"phrases\", a separator "
+                        "that splits it (--separator) or mine them (--phrases auto)")
     for p in phrases:
         if not isinstance(p, str) or not p.strip():
             raise DataError(f"{where}: phrases must be non-empty strings, got {p!r}")
@@ -82,6 +85,15 @@ def check_phrases(caption: str, phrases: Sequence[str], where: str) -> List[str]
 def split_phrases(caption: str, separator: str) -> List[str]:
     """The caption's non-empty parts between ``separator`` s, e.g. ``" and "``."""
     return [p.strip() for p in caption.split(separator) if p.strip()]
+
+
+#: Where a pairs file's phrases come from: its ``"phrases"`` (or ``separator``) only, or also mined.
+PHRASE_MODES = ("given", "auto")
+
+
+def unphrased(samples: Sequence[Sample]) -> List[str]:
+    """The image keys of the samples without phrases (mined captions that yielded none)."""
+    return [str(s.key) for s in samples if not s.phrases]
 
 
 #: How ShapesCLIP training captions name a scene's objects.
@@ -133,7 +145,7 @@ class ShapesSource:
         return [shapes_sample(base + j, self.captions) for j in range(start, stop)]
 
 
-def _read_line(line: str, where: str, root: Path, separator: Optional[str]) -> Sample:
+def _read_line(line: str, where: str, root: Path, separator: Optional[str], mode: str) -> Sample:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
@@ -147,9 +159,13 @@ def _read_line(line: str, where: str, root: Path, separator: Optional[str]) -> S
         phrases = row["phrases"]
     elif separator is not None and isinstance(caption, str):
         phrases = split_phrases(caption, separator)
+    elif mode == "auto" and isinstance(caption, str):
+        from .phrases import mine_phrases
+
+        phrases = mine_phrases(caption)
     else:
         phrases = []
-    phrases = check_phrases(caption, phrases, where)
+    phrases = check_phrases(caption, phrases, where, allow_empty=mode == "auto")
     if not isinstance(row["image"], str) or not row["image"]:
         raise DataError(f"{where}: \"image\" must be a path (a non-empty string), got {row['image']!r}")
     path = Path(row["image"])
@@ -178,17 +194,26 @@ def _text(path: Path) -> str:
                         "save the pairs file as UTF-8") from None
 
 
-def read_pairs(path: "str | Path", separator: Optional[str] = None) -> List[Sample]:
+def read_pairs(path: "str | Path", separator: Optional[str] = None, phrases: str = "given") -> List[Sample]:
     """Read and check a pairs file (one JSON object per line; see the module docstring); images load now.
 
+    Args:
+        path: the file. separator: split captions without ``"phrases"`` on it.
+        phrases: ``"given"`` (each caption needs ``"phrases"`` or a ``separator``) or ``"auto"``
+            (captions without either get :func:`~.phrases.mine_phrases`; those that yield none,
+            or whose ``"phrases"`` is empty, are kept with no phrases: list them with :func:`unphrased`).
+
     Raises:
-        DataError: a missing file, a bad line, a caption without phrases, a phrase not in its
-            caption, or an image that does not load (the message names the line).
+        DataError: a missing file, a bad line, a caption without phrases (``"given"``), a phrase
+            not in its caption, or an image that does not load (the message names the line).
+        ValueError: an unknown ``phrases`` mode.
     """
+    if phrases not in PHRASE_MODES:
+        raise ValueError(f"phrases must be one of {PHRASE_MODES}, got {phrases!r}")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"pairs file not found: {path}")
-    samples = [_read_line(line, f"{path}:{n}", path.parent, separator)
+    samples = [_read_line(line, f"{path}:{n}", path.parent, separator, phrases)
                for n, line in enumerate(_text(path).splitlines(), 1) if line.strip()]
     if not samples:
         raise DataError(f"{path} holds no pairs")
@@ -211,6 +236,8 @@ def attach_mined_maps(samples: Sequence[Sample], maps_dir: "str | Path") -> None
     except FileNotFoundError as e:
         raise DataError(f"--maps: {e}") from None
     for s in samples:
+        if not s.phrases:
+            continue
         missing = [p for p in s.phrases if (s.key, p) not in mined]
         if missing:
             raise DataError(f"{maps_dir} has no map of image {s.key!r} for {missing}; mine them with "
@@ -225,7 +252,7 @@ class PairsSource:
         self.samples = list(samples)
         self.seed = seed
         #: whether every sample carries mined maps (then no teacher is needed)
-        self.mined = all(s.maps is not None for s in self.samples)
+        self.mined = all(s.maps is not None for s in self.samples if s.phrases)
 
     def fingerprint(self) -> str:
         """sha256 of the pairs (keys, captions, phrases, image pixels, mined maps): what identifies

@@ -136,17 +136,19 @@ def recognition(model: Any, processor: Any, n: int, seed_start: int = EVAL_SEED_
     return float(evaluate(model, processor, n=n, seed_start=seed_start)["present_above_absent"])
 
 
-def evaluate_finetuning(model: Any, processor: Any, *, n: int = 500, n_calibration: int = 200) -> Dict[str, float]:
-    """All four measures on ``n`` held-out scenes (seeds :data:`EVAL_SEED_START` ...), the background
-    level calibrated on ``n_calibration`` others. The model is used as it is (call ``eval()`` first)."""
+def evaluate_finetuning(model: Any, processor: Any, *, n: int = 500, n_calibration: int = 200,
+                        seed_start: int = EVAL_SEED_START, calibration_start: int = CALIB_SEED_START) -> Dict[str, float]:
+    """All four measures on ``n`` held-out scenes (seeds ``seed_start`` ..., default
+    :data:`EVAL_SEED_START`), the background level calibrated on ``n_calibration`` others (seeds
+    ``calibration_start`` ...). The model is used as it is (call ``eval()`` first)."""
     tok = processor.tokenizer
-    scenes = [render_scene(seed=EVAL_SEED_START + i) for i in range(n)]
-    calib = [render_scene(seed=CALIB_SEED_START + i) for i in range(n_calibration)]
+    scenes = [render_scene(seed=seed_start + i) for i in range(n)]
+    calib = [render_scene(seed=calibration_start + i) for i in range(n_calibration)]
     background = calibrate_background(model, tok, calib)
     return {
         "region_accuracy": region_accuracy(model, tok, scenes),
         "segmentation_miou": segmentation_miou(model, tok, scenes, background),
-        "recognition": recognition(model, processor, n),
+        "recognition": recognition(model, processor, n, seed_start),
         "pointing_game": pointing_game(model, tok, scenes),
         "background_level": background,
         "scenes": n,

@@ -104,3 +104,42 @@ def phrase_maps(model: Any, tokenizer: Any, pixel_values: Tensor, phrases: Seque
     maps = _explainer(model, sim, method).attribute_all(pixel_values.detach())  # (N, Q, h, w)
     column = torch.tensor([distinct.index(p) for p in flat], dtype=torch.long)
     return maps[image_index.to(maps.device), column.to(maps.device)]
+
+
+class MomentumModel:
+    """A slowly updated (EMA) copy of the model being fine-tuned: the self-distillation anchor of
+    the image–caption term (:class:`~.loss.RegionPhraseLoss`'s ``distill``).
+
+    Args:
+        model: the model at the start of fine-tuning; it is copied (eval mode, no gradients).
+        momentum: the EMA decay ``m`` in ``[0, 1)``: after each optimiser step,
+            ``anchor <- m * anchor + (1 - m) * model`` (floating-point buffers are averaged too).
+
+    Raises:
+        ValueError: ``momentum`` outside ``[0, 1)``.
+    """
+
+    def __init__(self, model: Any, momentum: float) -> None:
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.momentum = float(momentum)
+
+    @torch.no_grad()
+    def update(self, model: Any) -> None:
+        """One EMA step towards ``model``'s current weights (same architecture)."""
+        ours = self.model.state_dict()
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                ours[name].mul_(self.momentum).add_(value.detach().to(ours[name].device), alpha=1 - self.momentum)
+            else:
+                ours[name].copy_(value)
+
+    @torch.no_grad()
+    def embeds(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(image_embeds (N, E), text_embeds (T, E))`` of the copy, without gradients."""
+        from ..forward import _features
+
+        image = _features(self.model.get_image_features(pixel_values=pixel_values))
+        text = _features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        return image, text

@@ -31,9 +31,9 @@ from ..distributed import Ranks, init
 from . import dist as D
 from .data import DataError, Sample
 from .dense import dense_features, pool_regions
-from .loss import RegionPhraseLoss, RegionPhraseLossOutput
+from .loss import REGION_FORMS, RegionPhraseLoss, RegionPhraseLossOutput
 from .masks import TEMPERATURE, THRESHOLD, grid_masks, soft_mask, uniform_masks
-from .teacher import TEACHER_METHODS, Teacher, flatten_phrases
+from .teacher import TEACHER_METHODS, MomentumModel, Teacher, flatten_phrases
 
 #: Where region masks come from: the teacher's maps, or the ablations' ground truth / uniform masks.
 MASK_KINDS = TEACHER_METHODS + ("gt", "uniform")
@@ -49,6 +49,10 @@ class FinetuneConfig:
         global_weight: the loss' weights. threshold, temperature: :func:`~.masks.soft_mask`'s.
         save_every: steps between checkpoints. log_every: steps between log lines. captions:
         ShapesCLIP's caption mode (:data:`~.data.CAPTION_MODES`; unused with a pairs file).
+        confidence: weight each region term by its map's maximum. focal_gamma: focal exponent of
+        the region term. region_form: :data:`~.loss.REGION_FORMS`. momentum: EMA decay of the
+        momentum copy (``0``: none); distill: its share of the image–caption targets.
+        freeze_projection: keep ``visual_projection`` fixed. (:mod:`.loss` explains each variant.)
     """
 
     steps: int = 300
@@ -63,11 +67,25 @@ class FinetuneConfig:
     save_every: int = 50
     log_every: int = 25
     captions: str = "mixed"
+    confidence: bool = False
+    focal_gamma: float = 0.0
+    region_form: str = "sigmoid"
+    momentum: float = 0.0
+    distill: float = 0.0
+    freeze_projection: bool = False
+
+    def loss(self) -> RegionPhraseLoss:
+        """The :class:`~.loss.RegionPhraseLoss` of these settings."""
+        return RegionPhraseLoss(self.region_weight, self.global_weight, focal_gamma=self.focal_gamma,
+                                region_form=self.region_form, distill=self.distill)
 
     def check(self, world: int) -> None:
         """Raises ValueError for settings that cannot run on ``world`` processes."""
         if self.masks not in MASK_KINDS:
             raise ValueError(f"masks must be one of {MASK_KINDS}, got {self.masks!r}")
+        if self.region_form not in REGION_FORMS or not 0 <= self.momentum < 1 or (self.distill > 0) != (self.momentum > 0):
+            raise ValueError(f"need region_form in {REGION_FORMS}, 0 <= momentum < 1 and distill > 0 exactly when "
+                             f"momentum > 0, got {self.region_form!r}, {self.momentum}, {self.distill}")
         if self.steps < 1 or self.batch < world:
             raise ValueError(f"need steps >= 1 and a global batch of at least one sample per process "
                              f"({world}), got steps={self.steps}, batch={self.batch}")
@@ -90,29 +108,38 @@ class Student(nn.Module):
         return dense, image, text, self.model.logit_scale.exp()
 
 
-def region_masks(kind: str, teacher: Optional[Teacher], pixels: Tensor, samples: Sequence[Sample],
-                 grid: Tuple[int, int], cfg: FinetuneConfig) -> Tensor:
-    """``(R, h, w)`` weights of every (image, phrase) region of ``samples`` (order of
-    :func:`~.teacher.flatten_phrases`): the soft masks of the samples' mined maps when they all
-    have them, else of the teacher's; the true masks' patch coverage (``"gt"``) or ones
-    (``"uniform"``).
+def regions(kind: str, teacher: Optional[Teacher], pixels: Tensor, samples: Sequence[Sample],
+            grid: Tuple[int, int], cfg: FinetuneConfig) -> Tuple[Tensor, Tensor]:
+    """``(masks (R, h, w), confidence (R,))`` of every (image, phrase) region of ``samples`` (order of
+    :func:`~.teacher.flatten_phrases`; samples without phrases have none): the soft masks of the
+    samples' mined maps when they all have them, else of the teacher's, and each map's maximum;
+    the true masks' patch coverage (``"gt"``) or ones (``"uniform"``), with confidence 1.
 
     Raises:
         DataError: ``"gt"`` for samples without true masks; mined maps on another grid.
     """
-    if kind == "uniform":
-        return uniform_masks(sum(len(s.phrases) for s in samples), grid)
+    n = sum(len(s.phrases) for s in samples)
+    if kind == "uniform" or n == 0:
+        return uniform_masks(n, grid), torch.ones(n)
     if kind == "gt":
         if any(s.masks is None for s in samples):
             raise DataError("masks='gt' (the oracle ablation) needs true masks: ShapesCLIP scenes only")
-        return grid_masks(torch.cat([s.masks for s in samples]), grid)
-    if all(s.maps is not None for s in samples):  # mined beforehand
-        maps = torch.cat([s.maps for s in samples])
+        return grid_masks(torch.cat([s.masks for s in samples]), grid), torch.ones(n)
+    if all(s.maps is not None for s in samples if s.phrases):  # mined beforehand
+        maps = torch.cat([s.maps for s in samples if s.phrases])
         if maps.shape[1:] != grid:
             raise DataError(f"mined maps have the grid {tuple(maps.shape[1:])}, the model's is {grid}")
     else:
-        maps = teacher.maps(pixels, [s.phrases for s in samples])
-    return soft_mask(maps, threshold=cfg.threshold, temperature=cfg.temperature)
+        named = [i for i, s in enumerate(samples) if s.phrases]
+        maps = teacher.maps(pixels[named], [samples[i].phrases for i in named])
+    masks = soft_mask(maps, threshold=cfg.threshold, temperature=cfg.temperature)
+    return masks, maps.detach().flatten(1).amax(-1).clamp_min(0).float()
+
+
+def region_masks(kind: str, teacher: Optional[Teacher], pixels: Tensor, samples: Sequence[Sample],
+                 grid: Tuple[int, int], cfg: FinetuneConfig) -> Tensor:
+    """The ``(R, h, w)`` masks of :func:`regions`."""
+    return regions(kind, teacher, pixels, samples, grid, cfg)[0]
 
 
 def _ids(strings: List[str], device: torch.device) -> Tensor:
@@ -121,24 +148,36 @@ def _ids(strings: List[str], device: torch.device) -> Tensor:
     return torch.tensor([table.setdefault(s, len(table)) for s in strings], dtype=torch.long, device=device)
 
 
+def _anchors(momentum: Optional[MomentumModel], pixels: Tensor, tok: Any, n: int, d: Ranks) -> Dict[str, Tensor]:
+    """The momentum copy's gathered image and caption embeddings (the loss' anchor keywords)."""
+    if momentum is None:
+        return {}
+    image, text = momentum.embeds(pixels, tok.input_ids[:n], tok.attention_mask[:n])
+    return {"anchor_image_embeds": D.gather_rows(image, d), "anchor_caption_embeds": D.gather_rows(text, d)}
+
+
 def train_step(student: nn.Module, teacher: Optional[Teacher], processor: Any, loss_fn: RegionPhraseLoss,
-               samples: Sequence[Sample], cfg: FinetuneConfig, d: Ranks) -> RegionPhraseLossOutput:
+               samples: Sequence[Sample], cfg: FinetuneConfig, d: Ranks,
+               momentum: Optional[MomentumModel] = None) -> RegionPhraseLossOutput:
     """The loss of one step on this process' ``samples`` (gathered into the global batch); not
-    yet differentiated."""
+    yet differentiated. ``momentum``: the anchor of ``cfg.distill``."""
     pixels = processor(images=[s.image for s in samples], return_tensors="pt").pixel_values.to(d.device)
     image_index, phrases = flatten_phrases([s.phrases for s in samples])
     captions = [s.caption for s in samples]
     tok = processor.tokenizer(captions + phrases, padding=True, truncation=True, return_tensors="pt").to(d.device)
     dense, image, text, scale = student(pixels, tok.input_ids, tok.attention_mask)
-    masks = region_masks(cfg.masks, teacher, pixels, samples, tuple(dense.shape[1:3]), cfg).to(d.device)
+    masks, conf = regions(cfg.masks, teacher, pixels, samples, tuple(dense.shape[1:3]), cfg)
+    masks, conf = masks.to(d.device), conf.to(d.device)
     keep = masks.flatten(1).sum(-1) > 0  # a fully occluded object has no true region
-    regions = pool_regions(dense, masks[keep], image_index.to(d.device)[keep])
+    pooled = pool_regions(dense, masks[keep], image_index.to(d.device)[keep])
     kept = [p for p, k in zip(phrases, keep.tolist()) if k]
     n = len(samples)
-    return loss_fn(region_embeds=D.gather_rows(regions, d), phrase_embeds=D.gather_rows(text[n:][keep], d),
+    weights = {"region_weights": D.gather_rows(conf[keep], d)} if cfg.confidence else {}
+    return loss_fn(region_embeds=D.gather_rows(pooled, d), phrase_embeds=D.gather_rows(text[n:][keep], d),
                    phrase_ids=_ids(D.gather_objects(kept, d), d.device),
                    image_embeds=D.gather_rows(image, d), caption_embeds=D.gather_rows(text[:n], d),
-                   caption_ids=_ids(D.gather_objects(captions, d), d.device), logit_scale=scale)
+                   caption_ids=_ids(D.gather_objects(captions, d), d.device), logit_scale=scale,
+                   **weights, **_anchors(momentum, pixels, tok, n, d))
 
 
 class NonFiniteError(ValueError):
@@ -171,9 +210,11 @@ def _rng_state() -> Dict[str, Any]:
 
 
 def save_checkpoint(path: Path, step: int, model: nn.Module, opt: Any, sched: Any, cfg: FinetuneConfig,
-                    fingerprint: Optional[Dict[str, str]] = None, history: Optional[Dict[str, Any]] = None) -> None:
+                    fingerprint: Optional[Dict[str, str]] = None, history: Optional[Dict[str, Any]] = None,
+                    momentum: Optional[MomentumModel] = None) -> None:
     """Write ``path`` atomically: the next step, weights, optimiser, schedule, RNG states, config,
-    the run's ``fingerprint`` and ``history`` (``{"log", "runs"}``); nothing partial is left.
+    the run's ``fingerprint`` and ``history`` (``{"log", "runs"}``) and the ``momentum`` copy's
+    weights; nothing partial is left.
 
     Raises:
         NonFiniteError: a weight is not finite (nothing is written).
@@ -185,7 +226,8 @@ def save_checkpoint(path: Path, step: int, model: nn.Module, opt: Any, sched: An
     try:
         torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "rng": _rng_state(), "config": asdict(cfg),
-                    "fingerprint": fingerprint, "history": history}, tmp)
+                    "fingerprint": fingerprint, "history": history,
+                    "momentum": None if momentum is None else momentum.model.state_dict()}, tmp)
         os.replace(tmp, path)
     except OSError as e:
         raise ValueError(f"cannot write {path}: {e.strerror or e}; free space or fix the folder, then rerun the "
@@ -206,9 +248,11 @@ def _read_checkpoint(path: Path) -> Dict[str, Any]:
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, cfg: FinetuneConfig,
-                    fingerprint: Optional[Dict[str, str]] = None, history: Optional[Dict[str, Any]] = None) -> int:
+                    fingerprint: Optional[Dict[str, str]] = None, history: Optional[Dict[str, Any]] = None,
+                    momentum: Optional[MomentumModel] = None) -> int:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns the step to continue at (0
-    when there is none). ``history`` (a dict) receives the checkpoint's ``log`` and ``runs``.
+    when there is none). ``history`` (a dict) receives the checkpoint's ``log`` and ``runs``;
+    ``momentum`` its momentum copy's weights.
 
     Raises:
         ValueError: the checkpoint is truncated, or of another run: other settings, or (with
@@ -233,6 +277,8 @@ def load_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, cfg: Fin
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
+    if momentum is not None:
+        momentum.model.load_state_dict(ck["momentum"])
     torch.set_rng_state(ck["rng"]["torch"])
     random.setstate(ck["rng"]["python"])
     if "cuda" in ck["rng"] and torch.cuda.is_available():
@@ -244,8 +290,8 @@ def load_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, cfg: Fin
 
 def _step(wrapped: nn.Module, model: nn.Module, parts: Tuple[Any, ...], samples: List[Sample],
           cfg: FinetuneConfig, d: Ranks) -> RegionPhraseLossOutput:
-    teacher, processor, loss_fn, opt, sched = parts
-    out = train_step(wrapped, teacher, processor, loss_fn, samples, cfg, d)
+    teacher, processor, loss_fn, opt, sched, momentum = parts
+    out = train_step(wrapped, teacher, processor, loss_fn, samples, cfg, d, momentum)
     if not torch.isfinite(out.loss):
         raise NonFiniteError(f"the loss is {out.loss.item()} (lr {cfg.lr}): lower --lr; no weights of this step "
                              "were written")
@@ -258,7 +304,20 @@ def _step(wrapped: nn.Module, model: nn.Module, parts: Tuple[Any, ...], samples:
         model.logit_scale.clamp_(0, math.log(100))
     if not _finite(model):
         raise NonFiniteError(f"the weights became NaN or infinite (lr {cfg.lr}): lower --lr; they were not written")
+    if momentum is not None:
+        momentum.update(model)
     return out
+
+
+def _frozen(model: nn.Module, cfg: FinetuneConfig) -> List[nn.Parameter]:
+    """Freeze what ``cfg`` keeps fixed (``visual_projection``); returns the parameters frozen
+    here (the caller restores their ``requires_grad``)."""
+    if not cfg.freeze_projection:
+        return []
+    params = [p for p in model.visual_projection.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    return params
 
 
 def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig, out: "str | Path", *,
@@ -293,6 +352,8 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
     teacher = Teacher(model, processor.tokenizer, cfg.masks) if cfg.masks in TEACHER_METHODS and not mined else None
     was_training = model.training
     model.to(d.device).train()
+    momentum = MomentumModel(model, cfg.momentum) if cfg.momentum > 0 else None
+    frozen = _frozen(model, cfg)
     student = Student(model)
     wrapped = student
     if d.world > 1:
@@ -302,8 +363,8 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
     opt, sched = _optimizer(list(model.parameters()), cfg)
     fp = fingerprint(model, source)
     history: Dict[str, Any] = {"log": [], "runs": []}
-    start = load_checkpoint(out / "checkpoint.pt", model, opt, sched, cfg, fp, history)
-    parts = (teacher, processor, RegionPhraseLoss(cfg.region_weight, cfg.global_weight), opt, sched)
+    start = load_checkpoint(out / "checkpoint.pt", model, opt, sched, cfg, fp, history, momentum)
+    parts = (teacher, processor, cfg.loss(), opt, sched, momentum)
     lo, hi = d.rank * cfg.batch // d.world, (d.rank + 1) * cfg.batch // d.world
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     log, t0 = history["log"], time.time()
@@ -320,8 +381,10 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
                 runs[-1].update(to_step=step + 1, seconds=round(time.time() - t0, 1))
                 if d.main:
                     save_checkpoint(out / "checkpoint.pt", step + 1, model, opt, sched, cfg, fp,
-                                    {"log": log, "runs": runs})
+                                    {"log": log, "runs": runs}, momentum)
                 d.barrier()
     finally:
         model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(True)
     return {"steps_run": max(0, end - start), "seconds": round(time.time() - t0, 1), "log": log, "runs": runs}
