@@ -185,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     from .benchmark import add_parser as add_benchmark
     from .finetune.cli import add_parser as add_finetune
     from .scale.cli import add_parser as add_explain_dataset
+    from .segment.cli import add_parser as add_segment
 
     ap = argparse.ArgumentParser(prog="captum-gradeclip", description="Grad-ECLIP explanations of CLIP.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -212,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     add_analyze(sub)
     add_app(sub)
     add_report(sub)
+    add_segment(sub)
     return ap
 
 

@@ -33,6 +33,8 @@ def _check(args: argparse.Namespace) -> None:
         args.n = 12 if args.quick else 100
     check_output_dir(args.out_dir)
     check_choice(args.model, args.open_clip)
+    if args.protocol == "grad-eclip":  # the authors' ImageNet protocol: imagenet.py checks its inputs
+        return
     if args.open_clip and not args.images:
         raise CLIError("--open-clip runs the folder benchmark: give --images and --prompts too")
     if (args.images or args.prompts) and not (args.images and args.prompts):
@@ -66,6 +68,10 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from .report import save
 
     _check(args)
+    if args.protocol == "grad-eclip":
+        from .imagenet import cmd_protocol
+
+        return cmd_protocol(args)
     if args.images:
         res = run_folder(folder_config(args))
         if res is None:  # a rank other than 0 under torchrun: rank 0 reports
@@ -99,6 +105,18 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                    help="an open_clip model for the folder benchmark (needs the open_clip extra)")
     b.add_argument("--images", default=None, help="folder of images (faithfulness only)")
     b.add_argument("--prompts", default=None, help="text file, one prompt per line")
+    b.add_argument("--protocol", default="folder", choices=["folder", "grad-eclip"],
+                   help="grad-eclip: the authors' ImageNet deletion/insertion protocol on a DIR/CLASS/IMAGE tree")
+    b.add_argument("--target", default="gt", choices=["gt", "pred"], help="grad-eclip: explain the label or the prediction")
+    b.add_argument("--class-names", default=None, help="grad-eclip: file (one per class, label order), 'imagenet' "
+                   "(open_clip's) or, by default, the folder names")
+    b.add_argument("--templates", default="imagenet", help="grad-eclip: 'imagenet' (open_clip's 80), a file, or one "
+                   "template with {}")
+    b.add_argument("--map-input", default="native", choices=["native", "model"],
+                   help="grad-eclip: maps at the image's resolution (the authors') or at the model's input size")
     b.add_argument("--out-dir", default="benchmark_out")
+    from ..scale.sources import add_source_arguments
+
+    add_source_arguments(b)  # --hf-dataset / --webdataset for --protocol grad-eclip
     b.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     b.set_defaults(func=cmd_benchmark)

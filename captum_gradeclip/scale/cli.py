@@ -24,6 +24,12 @@ def work_items(args: argparse.Namespace) -> List[Any]:
     """
     from .data import class_items, pair_items, prompt_items, read_prompts
 
+    if args.hf_dataset or args.webdataset:  # datasets as users store them: sources.py
+        from .sources import source_items
+
+        return source_items(args, args.source)
+    if not args.images or not (args.prompts or args.pairs or args.class_prompts):
+        raise CLIError("give --images DIR (or --hf-dataset / --webdataset) and --prompts, --pairs or --class-prompts")
     root = Path(args.images)
     if args.pairs:
         return pair_items(root, args.pairs, allow_outside=args.allow_outside_images)
@@ -113,12 +119,21 @@ def _explain_dataset(args: argparse.Namespace, out: Path) -> None:
 
     require_pyarrow("explain-dataset")
     check_flags(args)
+    if args.hf_dataset or args.webdataset:
+        from .sources import open_source
+
+        args.source = open_source(args)
     items = work_items(args)
     with dist.session(args.device) as ranks:
         with prepared(out, job_config(job_description(args, items), len(items), args.shard_size, args.batch_size),
                       ranks):
             clip, explainer = _load_explainer(args, ranks.device)
-        dataset = ImageFolderDataset(Path(args.images), items, clip.pixels)
+        if args.hf_dataset or args.webdataset:
+            from .sources import SourceDataset
+
+            dataset = SourceDataset(args.source, items, clip.pixels)
+        else:
+            dataset = ImageFolderDataset(Path(args.images), items, clip.pixels)
         summary = run(dataset, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
                       num_workers=args.workers, progress=not args.no_progress)
     if ranks.rank == 0:
@@ -134,8 +149,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     """Add the ``explain-dataset`` command to the ``captum-gradeclip`` subcommands ``sub``."""
     p = sub.add_parser("explain-dataset", help="explain a whole image folder into Parquet shards "
                        "(sharded over torchrun's processes, resumable)")
-    p.add_argument("--images", required=True, help="image folder (recursive: .jpg .jpeg .png .webp .bmp)")
-    texts = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--images", default=None, help="image folder (recursive: .jpg .jpeg .png .webp .bmp)")
+    texts = p.add_mutually_exclusive_group()
     texts.add_argument("--prompts", help="text file: every image against every line")
     texts.add_argument("--pairs", help='JSON lines {"image": "rel/path.jpg", "texts": [...]}: per-image texts')
     texts.add_argument("--class-prompts", metavar="TEMPLATE",
@@ -158,4 +173,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images (default 2)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .sources import add_source_arguments
+
+    add_source_arguments(p)
     p.set_defaults(func=cmd_explain_dataset)
