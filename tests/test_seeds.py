@@ -31,6 +31,7 @@ def test_the_overlap_test_itself_tells_touching_from_overlapping():
 def test_the_modules_read_their_ranges_from_the_registry():
     from captum_gradeclip.analysis import attributes, concreteness, decomposition
     from captum_gradeclip.finetune import evaluate
+    from captum_gradeclip.segment import shapes as segment_shapes
 
     assert decomposition.DECOMPOSITION_SEED_START == SEEDS["analysis-decomposition"].start
     assert concreteness.CONCRETENESS_SEED_START == SEEDS["analysis-concreteness"].start
@@ -38,6 +39,7 @@ def test_the_modules_read_their_ranges_from_the_registry():
     assert attributes.BINDING_SEED_START == SEEDS["analysis-binding"].start
     assert evaluate.EVAL_SEED_START == SEEDS["finetune-eval"].start
     assert evaluate.CALIB_SEED_START == SEEDS["finetune-calibration"].start
+    assert segment_shapes.VALIDATION_SEED == SEEDS["segment-validation"].start
 
 
 def test_first_refuses_more_seeds_than_the_range_holds():

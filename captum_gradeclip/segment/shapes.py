@@ -12,13 +12,14 @@ import torch
 from torch import Tensor
 
 from ..metrics.segmentation import confusion_matrix, segmentation_scores
+from ..shapes.seeds import SEEDS
 from .functional import segment
 
 #: The thresholds tried on the validation scenes.
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
-#: Validation scenes start here (scored scenes are seeds 0 .. n - 1; ShapesCLIP trained on seeds
-#: from 1,000,000).
-VALIDATION_SEED = 500_000
+#: Validation scenes start here: the range ``segment-validation`` of
+#: :mod:`captum_gradeclip.shapes.seeds` (scored scenes are the benchmark's seeds 0 .. n - 1).
+VALIDATION_SEED = SEEDS["segment-validation"].start
 
 
 def scene_labels(scene: Any, prompts: Sequence[str]) -> Tensor:

@@ -54,6 +54,7 @@ _RANGES: Tuple[SeedRange, ...] = (
     SeedRange("shapes-evaluate", 0, 500, "shapes.evaluate's recognition and pointing measures of ShapesCLIP"),
     SeedRange("study-choose", 10_000, 10_060, "benchmarks/study.py: the configuration is chosen here"),
     SeedRange("finetune-eval", 500_000, 500_500, "finetune's held-out metrics (region top-1, mIoU, recognition)"),
+    SeedRange("segment-validation", 500_000, 500_100, "the ShapesCLIP segmentation benchmark's threshold (segment/shapes.py)"),
     SeedRange("finetune-calibration", 600_000, 600_200, "finetune's segmentation background level"),
     SeedRange("finetune-ablation-choose", 700_000, 700_150, "benchmarks/finetune_ablation.py: variant chosen here"),
     SeedRange("finetune-ablation-calibration", 750_000, 750_100, "benchmarks/finetune_ablation.py: background level"),
@@ -73,4 +74,7 @@ SEEDS: Dict[str, SeedRange] = {r.name: r for r in _RANGES}
 #: pairs of ranges that overlap on purpose, with the reason
 SHARED: Dict[Tuple[str, str], str] = {
     ("benchmark", "shapes-evaluate"): "both score the shipped model on the same first scenes; neither tunes anything",
+    ("segment-validation", "finetune-eval"): "the segmentation benchmark picks its threshold for the shipped model on the "
+                                             "first of fine-tuning's held-out scenes; fine-tuning trains on none of them "
+                                             "and reads no threshold from there (its own level: finetune-calibration)",
 }
