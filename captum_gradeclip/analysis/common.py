@@ -43,6 +43,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default %(default)s)")
 
 
+def add_maps_job_args(parser: argparse.ArgumentParser, *, scenes: int) -> None:
+    """The flags of a study whose maps are an ``explain-dataset`` job (decomposition, concreteness):
+    ``--scenes`` (ShapesCLIP scenes without ``--pairs``, default ``scenes``), ``--shard-size``,
+    ``--n-boot``; and ``--batch-size`` defaults to 1 there: a pair's texts are the columns of one
+    ``attribute_all`` (with more pairs per batch the columns are the union of the batch's texts,
+    and every image pays for all of them: ``benchmarks/analysis_cost.py``)."""
+    parser.set_defaults(batch_size=1)
+    parser.add_argument("--scenes", type=int, default=scenes, help=f"ShapesCLIP scenes without --pairs (default {scenes})")
+    parser.add_argument("--shard-size", type=int, default=64, help="images per shard of the maps job (default 64)")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
+
+
 def load_clip(args: argparse.Namespace) -> "LoadedCLIP":
     """The CLIP the flags name (ShapesCLIP by default), via :func:`captum_gradeclip.models.load`.
 

@@ -14,7 +14,16 @@ import sys
 from pathlib import Path
 
 from .._io import CLIError
-from .common import add_model_args, is_main_process, job_errors, load_clip, run_maps_job, write_rows, write_summary
+from .common import (
+    add_maps_job_args,
+    add_model_args,
+    is_main_process,
+    job_errors,
+    load_clip,
+    run_maps_job,
+    write_rows,
+    write_summary,
+)
 
 
 def _dataset(args: argparse.Namespace, clip) -> tuple:
@@ -86,11 +95,6 @@ def add_parser(asub: "argparse._SubParsersAction") -> None:
     """Register ``concreteness`` on ``analyze``'s subparsers."""
     p = asub.add_parser("concreteness", help="a word's concreteness against its Grad-ECLIP word importance")
     add_model_args(p)
-    # one pair per batch: its texts are the columns of one attribute_all (with more, the columns are
-    # the union of the batch's texts and every image pays for all of them: benchmarks/analysis_cost.py)
-    p.set_defaults(batch_size=1)
-    p.add_argument("--scenes", type=int, default=300, help="ShapesCLIP scenes without --pairs (default 300)")
+    add_maps_job_args(p, scenes=300)
     p.add_argument("--min-count", type=int, default=5, help="words seen fewer times are left out of the statistics")
-    p.add_argument("--shard-size", type=int, default=64, help="images per shard of the maps job (default 64)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
     p.set_defaults(func=cmd_concreteness)

@@ -23,6 +23,7 @@ from .._io import CLIError
 from .common import (
     AnalysisError,
     SceneDataset,
+    add_maps_job_args,
     add_model_args,
     is_main_process,
     job_errors,
@@ -131,11 +132,6 @@ def add_parser(asub: "argparse._SubParsersAction") -> None:
     """Register ``decomposition`` on ``analyze``'s subparsers."""
     p = asub.add_parser("decomposition", help="a caption's image map against its phrases' maps and word weights")
     add_model_args(p)
-    # one pair per batch: its texts are the columns of one attribute_all (with more, the columns are
-    # the union of the batch's texts and every image pays for all of them: benchmarks/analysis_cost.py)
-    p.set_defaults(batch_size=1)
-    p.add_argument("--scenes", type=int, default=200, help="ShapesCLIP scenes without --pairs (default 200)")
-    p.add_argument("--shard-size", type=int, default=64, help="images per shard of the maps job (default 64)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
+    add_maps_job_args(p, scenes=200)
     p.add_argument("--figure-pairs", type=int, default=4, help="pairs shown in the figure (default 4)")
     p.set_defaults(func=cmd_decomposition)
