@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import time
 from typing import Any, Optional, Sequence, Tuple
@@ -45,7 +46,9 @@ def start_app(clip: Any, vocabulary: Any = None, title: str = "ShapesCLIP") -> T
 
     demo = build_app(clip, vocabulary, title)
     port = free_port()
+    previous = signal.getsignal(signal.SIGINT)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    signal.signal(signal.SIGINT, previous)  # launch() takes Ctrl-C for its server; later tests need Python's own
     return demo, f"http://127.0.0.1:{port}/"
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Tuple
 
+import numpy as np
+from conftest import SHAPES_REDUCTION, float32_tolerance
+
 
 def make_folder(root: Path, n: int = 7, bad: bool = False) -> Tuple[Path, Path]:
     """``n`` 64 px scenes (some in a subfolder), optionally a zero-byte and a corrupt image, and a
@@ -35,3 +38,15 @@ def rows_by_pair(out: Path) -> Dict[Tuple[str, str], Tuple[float, bytes]]:
             assert (image, text) not in rows, f"pair {(image, text)} written twice"
             rows[(image, text)] = (score, np.asarray(m, dtype=np.float16).tobytes())
     return rows
+
+
+def assert_same_rows(got: dict, want: dict) -> None:
+    """The same ``(image, text)`` pairs, each with the same score and map to float32 rounding."""
+    assert sorted(got) == sorted(want)
+    for pair, (score, m) in want.items():
+        other_score, other_m = got[pair]
+        assert abs(other_score - score) <= float32_tolerance(1.0, SHAPES_REDUCTION), (pair, score, other_score)
+        a, b = np.frombuffer(m, dtype=np.float16), np.frombuffer(other_m, dtype=np.float16)
+        scale = float(np.abs(a.astype(np.float32)).max()) if a.size else 0.0
+        tol = float32_tolerance(scale, SHAPES_REDUCTION) + np.spacing(np.abs(a)).astype(np.float32)
+        assert a.shape == b.shape and (np.abs(a.astype(np.float32) - b.astype(np.float32)) <= tol).all(), pair

@@ -121,8 +121,11 @@ def test_report_renders_sorts_and_filters(browser, tmp_path):
     g = torch.Generator().manual_seed(0)
     rows = [{"image": f"img{i}.png", "text": t, "text_index": j, "score": float(torch.rand(1, generator=g)),
              "map": torch.rand(8, 8, generator=g)} for i in range(10) for j, t in enumerate(["a cat", "a dog"])]
-    (tmp_path / "errors").mkdir()
-    write_shard(tmp_path, 0, to_table(rows, False), [])
+    for sub in ("errors", "sums"):  # the folders the engine makes before its first shard
+        (tmp_path / sub).mkdir()
+    inputs = {"images": 10, "images_with_rows": 10, "images_only_in_errors": 0, "texts": 20, "rows": 20,
+              "text_errors": 0}  # what the engine records per shard (scale.store.INPUT_COUNTS)
+    write_shard(tmp_path, 0, to_table(rows, False), [], inputs)
     report = write_report(tmp_path, tmp_path / "r.html")  # no --images: maps on grey, no thumbnails
     browser.get(report.as_uri())
     wait_for(browser, lambda d: css(d, "#rows tbody tr"))

@@ -20,13 +20,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import SHAPES_REDUCTION, float32_tolerance
 
 pytest.importorskip("pyarrow")
 
-from scale_helpers import make_folder, rows_by_pair  # noqa: E402
+from scale_helpers import assert_same_rows, make_folder, rows_by_pair  # noqa: E402
 
 from captum_gradeclip.cli import main  # noqa: E402
 
@@ -52,18 +51,6 @@ def job(tmp_path_factory):
     assert main(["explain-dataset", "--images", str(images), "--prompts", str(prompts), "--out",
                  str(root / "one"), *JOB]) == 0
     return images, prompts, root, rows_by_pair(root / "one")
-
-
-def assert_same_rows(got: dict, want: dict) -> None:
-    """The same ``(image, text)`` pairs, each with the same score and map to float32 rounding."""
-    assert sorted(got) == sorted(want)
-    for pair, (score, m) in want.items():
-        other_score, other_m = got[pair]
-        assert abs(other_score - score) <= float32_tolerance(1.0, SHAPES_REDUCTION), (pair, score, other_score)
-        a, b = np.frombuffer(m, dtype=np.float16), np.frombuffer(other_m, dtype=np.float16)
-        scale = float(np.abs(a.astype(np.float32)).max()) if a.size else 0.0
-        tol = float32_tolerance(scale, SHAPES_REDUCTION) + np.spacing(np.abs(a)).astype(np.float32)
-        assert a.shape == b.shape and (np.abs(a.astype(np.float32) - b.astype(np.float32)) <= tol).all(), pair
 
 
 def _same_numbers(a, b, tol: float) -> bool:
