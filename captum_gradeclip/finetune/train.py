@@ -320,6 +320,23 @@ def _frozen(model: nn.Module, cfg: FinetuneConfig) -> List[nn.Parameter]:
     return params
 
 
+def _distributed(student: nn.Module, d: Ranks) -> nn.Module:
+    """The student as each process trains it: itself on one process, wrapped in DDP on several."""
+    if d.world == 1:
+        return student
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(student, device_ids=[torch.device(d.device).index] if d.device.startswith("cuda") else None)
+
+
+def _log(log: List[List[float]], step: int, res: Any, d: Ranks, t0: float) -> None:
+    """Append ``[step, loss, region, global]`` to ``log``; the main process prints it."""
+    log.append([step, res.loss.item(), res.region.item(), res.global_.item()])
+    if d.main:
+        print(f"step {step:4d}  loss {log[-1][1]:.4f}  region {log[-1][2]:.4f}  "
+              f"global {log[-1][3]:.4f}  {time.time() - t0:.0f}s", flush=True)
+
+
 def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig, out: "str | Path", *,
              d: Optional[Ranks] = None, stop_after: Optional[int] = None) -> Dict[str, Any]:
     """Fine-tune ``model`` in place (resuming from ``out/checkpoint.pt`` if there is one).
@@ -354,12 +371,7 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
     model.to(d.device).train()
     momentum = MomentumModel(model, cfg.momentum) if cfg.momentum > 0 else None
     frozen = _frozen(model, cfg)
-    student = Student(model)
-    wrapped = student
-    if d.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapped = DistributedDataParallel(student, device_ids=[torch.device(d.device).index] if d.device.startswith("cuda") else None)
+    wrapped = _distributed(Student(model), d)
     opt, sched = make_optimizer(list(model.parameters()), cfg)
     fp = fingerprint(model, source)
     history: Dict[str, Any] = {"log": [], "runs": []}
@@ -373,10 +385,7 @@ def finetune(model: nn.Module, processor: Any, source: Any, cfg: FinetuneConfig,
         for step in range(start, end):
             res = _step(wrapped, model, parts, source.batch(step, cfg.batch, lo, hi), cfg, d)
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                log.append([step, res.loss.item(), res.region.item(), res.global_.item()])
-                if d.main:
-                    print(f"step {step:4d}  loss {log[-1][1]:.4f}  region {log[-1][2]:.4f}  "
-                          f"global {log[-1][3]:.4f}  {time.time() - t0:.0f}s", flush=True)
+                _log(log, step, res, d, t0)
             if (step + 1) % cfg.save_every == 0 or step + 1 == end:
                 runs[-1].update(to_step=step + 1, seconds=round(time.time() - t0, 1))
                 if d.main:
