@@ -21,6 +21,25 @@ class CLIError(Exception):
 INTERRUPTED = 130
 
 
+def read_utf8(path: Path, what: str, error: type = CLIError) -> str:
+    """A UTF-8 text file without its byte-order mark (line ends: use ``splitlines``); ``what``
+    names it in the messages (``"--prompts"``, ``"the pairs file"``).
+
+    Raises:
+        error (default :class:`CLIError`): it cannot be read, or is not UTF-8 (naming the file and
+            the line).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise error(f"cannot read {what} {path} ({e.strerror or type(e).__name__})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise error(f"{what} {path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save it as UTF-8") from None
+
+
 def interrupted(what: str) -> SystemExit:
     """Print one line for a command stopped by Ctrl-C (``what``: what was kept, how to resume)
     and return the ``SystemExit`` (status :data:`INTERRUPTED`) to raise."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .._io import CLIError
+from .._io import CLIError, read_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedCLIP
@@ -104,10 +104,7 @@ def read_pairs(path: Union[str, Path], root: Optional[Union[str, Path]] = None) 
     if not p.is_file():
         raise CLIError(f"--pairs must be a JSON-lines file, got {path}")
     base = Path(root) if root is not None else p.parent
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as e:
-        raise CLIError(f"cannot read --pairs {path} as UTF-8 text ({type(e).__name__})") from None
+    text = read_utf8(p, "--pairs")
     out: List[PairLine] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

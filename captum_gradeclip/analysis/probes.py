@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tupl
 import torch
 from torch import Tensor
 
-from .._io import CLIError
+from .._io import CLIError, read_utf8
 from .attributes import CATEGORIES, Probe, ProbeRow, SceneProbes, to_input_geometry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,7 +108,7 @@ def read_probes(path: Union[str, Path], root: Optional[Union[str, Path]] = None)
         raise CLIError(f"--pairs must be a JSON-lines probe file, got {path}")
     base = Path(root) if root is not None else p.parent
     out: List[ProbeLine] = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(p, "--pairs").splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._io import CLIError
+from .._io import CLIError, read_utf8
 
 #: Images per shard of the protocol job.
 SHARD_SIZE = 32
@@ -63,10 +63,7 @@ def read_lines(path: str, flag: str) -> List[str]:
         CLIError: no such file, not UTF-8, or empty.
     """
     p = Path(path)
-    try:
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise CLIError(f"cannot read {flag} {path} as UTF-8 text ({type(e).__name__})") from None
+    lines = [ln.strip() for ln in read_utf8(p, flag).splitlines() if ln.strip()]
     if not lines:
         raise CLIError(f"{flag} {path} holds no line")
     return lines

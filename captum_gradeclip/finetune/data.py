@@ -28,7 +28,7 @@ from typing import Any, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .._io import CLIError, open_image
+from .._io import CLIError, open_image, read_utf8
 
 FINETUNE_SEED_OFFSET = 5_000_000_000
 
@@ -176,24 +176,6 @@ def _read_line(line: str, where: str, root: Path, separator: Optional[str], mode
     return Sample(image=image, caption=caption, phrases=phrases, key=row["image"])
 
 
-def _text(path: Path) -> str:
-    """The pairs file as text (UTF-8, a byte-order mark dropped).
-
-    Raises:
-        DataError: it is not UTF-8 (naming the file and the line) or cannot be read.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read the pairs file {path}: {e.strerror or e}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); "
-                        "save the pairs file as UTF-8") from None
-
-
 def read_pairs(path: "str | Path", separator: Optional[str] = None, phrases: str = "given") -> List[Sample]:
     """Read and check a pairs file (one JSON object per line; see the module docstring); images load now.
 
@@ -214,7 +196,7 @@ def read_pairs(path: "str | Path", separator: Optional[str] = None, phrases: str
     if not path.is_file():
         raise DataError(f"pairs file not found: {path}")
     samples = [_read_line(line, f"{path}:{n}", path.parent, separator, phrases)
-               for n, line in enumerate(_text(path).splitlines(), 1) if line.strip()]
+               for n, line in enumerate(read_utf8(path, "the pairs file", DataError).splitlines(), 1) if line.strip()]
     if not samples:
         raise DataError(f"{path} holds no pairs")
     return samples

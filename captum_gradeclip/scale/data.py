@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
-from .._io import CLIError
+from .._io import CLIError, read_utf8
 
 #: The image files a folder job reads (case-insensitive).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -74,23 +74,6 @@ def _folder_item(rel: str, texts: Tuple[str, ...]) -> WorkItem:
     return WorkItem(key, texts, problem)
 
 
-def read_text_file(path: Path, flag: str) -> str:
-    """A UTF-8 text file without its byte-order mark (line ends: use ``splitlines``).
-
-    Raises:
-        CLIError: it cannot be read, or is not UTF-8 (naming the file and the line).
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CLIError(f"cannot read {flag} {path} ({e.strerror or type(e).__name__})") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise CLIError(f"{flag} {path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8") from None
-
-
 def read_prompts(path: str) -> List[str]:
     """The non-empty lines of a prompt file, stripped, each once (in first-seen order).
 
@@ -100,7 +83,7 @@ def read_prompts(path: str) -> List[str]:
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"--prompts must be a text file with one prompt per line, got {path}")
-    prompts = list(dict.fromkeys(ln.strip() for ln in read_text_file(p, "--prompts").splitlines() if ln.strip()))
+    prompts = list(dict.fromkeys(ln.strip() for ln in read_utf8(p, "--prompts").splitlines() if ln.strip()))
     if not prompts:
         raise CLIError(f"no prompts in {path}")
     return prompts
@@ -136,7 +119,7 @@ def pair_items(root: Path, pairs: str, allow_outside: bool = False) -> List[Work
         raise CLIError(f"--pairs must be a JSON-lines file, got {pairs}")
     merged: dict = {}
     problems: dict = {}
-    for n, line in enumerate(read_text_file(p, "--pairs").splitlines(), 1):
+    for n, line in enumerate(read_utf8(p, "--pairs").splitlines(), 1):
         if not line.strip():
             continue
         try:
