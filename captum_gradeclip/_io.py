@@ -1,7 +1,7 @@
-"""What the command line shares with the benchmark: its user-error type and image reading.
+"""What the commands and the library share: reading text files and images, checking output paths.
 
-Both ``captum_gradeclip.cli`` and ``captum_gradeclip.benchmark`` import this module, so neither
-needs the other.
+Their errors are :class:`~captum_gradeclip.errors.InputError` (a ``ValueError``), never the
+command line's :class:`~captum_gradeclip.errors.CLIError`.
 """
 
 from __future__ import annotations
@@ -9,24 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import InputError
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
-
-
-class CLIError(Exception):
-    """A user error: printed without a traceback, exit status 2."""
 
 
 #: The exit status of a command stopped by Ctrl-C (SIGINT), as shells report it (128 + 2).
 INTERRUPTED = 130
 
 
-def read_utf8(path: Path, what: str, error: type = CLIError) -> str:
+def read_utf8(path: Path, what: str, error: type = InputError) -> str:
     """A UTF-8 text file without its byte-order mark (line ends: use ``splitlines``); ``what``
     names it in the messages (``"--prompts"``, ``"the pairs file"``).
 
     Raises:
-        error (default :class:`CLIError`): it cannot be read, or is not UTF-8 (naming the file and
+        error (default :class:`InputError`): it cannot be read, or is not UTF-8 (naming the file and
             the line).
     """
     try:
@@ -96,18 +94,18 @@ def open_image(path: str) -> "Image.Image":
     1/4 scale instead of in full).
 
     Raises:
-        CLIError: no such file, or not an image PIL can read (or a truncated one).
+        InputError: no such file, or not an image PIL can read (or a truncated one).
     """
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
-        raise CLIError(f"image file not found: {path}")
+        raise InputError(f"image file not found: {path}")
     try:
         with Image.open(p) as im:
             return _reduced(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise CLIError(f"cannot read {path} as an image ({e.__class__.__name__}: {str(e)[:80]}); "
+        raise InputError(f"cannot read {path} as an image ({e.__class__.__name__}: {str(e)[:80]}); "
                        "give a PNG, JPEG, ...") from None
 
 
@@ -123,18 +121,18 @@ def check_output_dir(path: str, flag: str = "--out-dir") -> Path:
     """``path`` as a folder that can be written (missing folders are created when writing).
 
     Raises:
-        CLIError: ``path`` is a regular file, lies under one, or under a folder that is not writable.
+        InputError: ``path`` is a regular file, lies under one, or under a folder that is not writable.
     """
     import os
 
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise CLIError(f"{flag} {path} is a file, not a folder")
+        raise InputError(f"{flag} {path} is a file, not a folder")
     base = _first_existing(p)
     if not base.is_dir():
-        raise CLIError(f"{flag} {path} lies under {base}, a file, not a folder")
+        raise InputError(f"{flag} {path} lies under {base}, a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
-        raise CLIError(f"{flag} {path}: cannot write in {base}")
+        raise InputError(f"{flag} {path}: cannot write in {base}")
     return p
 
 
@@ -144,17 +142,17 @@ def check_output_file(path: str, flag: str = "--out") -> Path:
     when writing).
 
     Raises:
-        CLIError: ``path`` is a folder, lies under a regular file or in a folder that cannot be
+        InputError: ``path`` is a folder, lies under a regular file or in a folder that cannot be
             written, or has an extension matplotlib cannot write.
     """
     from matplotlib.backend_bases import FigureCanvasBase
 
     p = Path(path)
     if not path or p.is_dir():
-        raise CLIError(f"{flag} must be a file name (e.g. fig.png), got {path!r}")
+        raise InputError(f"{flag} must be a file name (e.g. fig.png), got {path!r}")
     ext = p.suffix.lower().lstrip(".")
     kinds = FigureCanvasBase.get_supported_filetypes()
     if ext and ext not in kinds:
-        raise CLIError(f"{flag} {path}: cannot write a .{ext} figure; use one of {', '.join(sorted(kinds))}")
+        raise InputError(f"{flag} {path}: cannot write a .{ext} figure; use one of {', '.join(sorted(kinds))}")
     check_output_dir(str(p.parent), flag=f"{flag} {path}: its folder")
     return p

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from ._io import CLIError, check_output_file, open_image
+from ._io import check_output_file, open_image
+from .errors import CLIError, GradECLIPError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -222,7 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.func(args)
-    except CLIError as err:
+    except GradECLIPError as err:  # CLIError from the flags, InputError & co. from the library
         print(f"captum-gradeclip: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
     return 0

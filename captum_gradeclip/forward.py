@@ -20,13 +20,15 @@ import torch
 from torch import Tensor, nn
 
 
-def _features(out) -> Tensor:
-    """``get_*_features`` returns a tensor in transformers 4.x and a ModelOutput in 5.x."""
+def features(out: "Tensor | object") -> Tensor:
+    """The embedding ``(B, E)`` out of ``get_image_features`` / ``get_text_features``'s result: a
+    tensor in transformers 4.x, a ``ModelOutput`` (its ``pooler_output``) in 5.x."""
     return out if torch.is_tensor(out) else out.pooler_output
 
 
-def _normalize(x: Tensor) -> Tensor:
-    # exactly CLIPModel.forward's normalisation (x / ||x||, norm as pow(sum(x^2), 0.5))
+def normalize(x: Tensor) -> Tensor:
+    """``x (..., E)`` over its L2 norm, exactly as ``CLIPModel.forward`` computes it
+    (``x / pow(sum(x^2), 0.5)``, so that the explained score is the model's own bit for bit)."""
     return x / torch.pow(torch.sum(torch.pow(x, 2), dim=-1, keepdim=True), 0.5)
 
 
@@ -163,16 +165,16 @@ class ImageTextSimilarity(nn.Module):
                 raise ValueError("pass input_ids (T, L) of the texts, or text_embeds (T, E)")
             check_input_ids(model, input_ids, attention_mask)
             with torch.no_grad():
-                text_embeds = _features(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+                text_embeds = features(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
         _check_embeds(model, text_embeds, "text_embeds", "T")
-        self.register_buffer("text_embeds", _normalize(text_embeds.detach()), persistent=False)
+        self.register_buffer("text_embeds", normalize(text_embeds.detach()), persistent=False)
         vc = getattr(getattr(model, "config", None), "vision_config", None)
         self.patch_size = getattr(vc, "patch_size", None)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """``(N, 3, H, W) -> (N, T)``."""
         kwargs = {"interpolate_pos_encoding": True} if self.interpolate_pos_encoding else {}
-        image = _normalize(_features(self.model.get_image_features(pixel_values=pixel_values, **kwargs)))
+        image = normalize(features(self.model.get_image_features(pixel_values=pixel_values, **kwargs)))
         text = self.text_embeds.to(image.dtype)
         sim = torch.matmul(text, image.t())
         if self.logits:
@@ -215,9 +217,9 @@ class TextImageSimilarity(nn.Module):
                                  f"{tuple(pixel_values.shape)}")
             kwargs = {"interpolate_pos_encoding": True} if interpolate_pos_encoding else {}
             with torch.no_grad():
-                image_embeds = _features(model.get_image_features(pixel_values=pixel_values, **kwargs))
+                image_embeds = features(model.get_image_features(pixel_values=pixel_values, **kwargs))
         _check_embeds(model, image_embeds, "image_embeds", "N")
-        self.register_buffer("image_embeds", _normalize(image_embeds.detach()), persistent=False)
+        self.register_buffer("image_embeds", normalize(image_embeds.detach()), persistent=False)
         self.eos_token_id = getattr(getattr(model, "text_model", None), "eos_token_id", None)
 
     def eos_positions(self, input_ids: Tensor) -> Tensor:
@@ -227,7 +229,7 @@ class TextImageSimilarity(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         """``(T, L) -> (T, N)``."""
         check_input_ids(self.model, input_ids, attention_mask, eos=False)
-        text = _normalize(_features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)))
+        text = normalize(features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)))
         sim = torch.matmul(text, self.image_embeds.to(text.dtype).t())
         if self.logits:
             sim = sim * self.model.logit_scale.exp()

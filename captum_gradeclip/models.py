@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 from . import hub
-from ._io import CLIError
+from .errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 OPEN_CLIP_INSTALL = "pip install 'captum-gradeclip[open-clip]'"
 
 
-class ModelError(CLIError):
+class ModelError(InputError):
     """A model that cannot be loaded, a tower this package cannot explain, or a bad choice of model."""
 
 

@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from captum_gradeclip._io import CLIError, open_image
+from captum_gradeclip._io import open_image
+from captum_gradeclip.errors import InputError
 from captum_gradeclip.analysis import attributes as A
 from captum_gradeclip.analysis.probes import load_probes, read_probes
 from captum_gradeclip.analysis.stats import bootstrap_ci
@@ -166,7 +167,7 @@ def test_probe_mask_inside_the_crop(tmp_path):
 ])
 def test_bad_probe_lines_stop_with_one_line(tmp_path, line, message):
     f = _write(tmp_path / "p.jsonl", [{"image": "a.png", "prompt": "ok", "category": "absent"}, line])
-    with pytest.raises(CLIError, match="p.jsonl:2") as e:
+    with pytest.raises(InputError, match="p.jsonl:2") as e:
         read_probes(f)
     assert message in str(e.value) and "\n" not in str(e.value)
 

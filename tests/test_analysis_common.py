@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from captum_gradeclip._io import CLIError
+from captum_gradeclip.errors import InputError
 from captum_gradeclip.analysis import (
     Interval,
     bootstrap_ci,
@@ -93,10 +93,10 @@ def test_read_pairs(tmp_path):
     assert lines[0].path == tmp_path / "a.png" and lines[0].fields == {"phrases": ["a red circle"]}
     assert lines[1].texts == ("x", "y") and lines[1].line == 3 and lines[1].where() == f"{p}:3"
     p.write_text('{"image": "a.png", "texts": ["ok"]}\n{"image": "b.png", "text": "no list"}\n')
-    with pytest.raises(CLIError, match=r"pairs.jsonl:2: expected"):
+    with pytest.raises(InputError, match=r"pairs.jsonl:2: expected"):
         read_pairs(p)
     p.write_text('{"image": "a.png", "texts": [" "]}\n')
-    with pytest.raises(CLIError, match=r":1: \"texts\" must hold"):
+    with pytest.raises(InputError, match=r":1: \"texts\" must hold"):
         read_pairs(p)
 
 

@@ -177,26 +177,26 @@ def test_benchmark_protocol_job_on_a_class_tree(tmp_path):
 
 
 def test_class_names_and_templates(tmp_path):
-    from captum_gradeclip._io import CLIError
+    from captum_gradeclip.errors import InputError
     from captum_gradeclip.benchmark.imagenet import class_names, round_robin, shrink, templates
 
     assert templates("a photo of a {}.") == ["a photo of a {}."]
     (tmp_path / "t.txt").write_text("a {}.\nthe {}\n")
     assert templates(str(tmp_path / "t.txt")) == ["a {}.", "the {}"]
     (tmp_path / "bad.txt").write_text("a photo\n")
-    with pytest.raises(CLIError, match="needs"):
+    with pytest.raises(InputError, match="needs"):
         templates(str(tmp_path / "bad.txt"))
-    with pytest.raises(CLIError, match="cannot read"):
+    with pytest.raises(InputError, match="cannot read"):
         templates(str(tmp_path / "missing.txt"))
     try:
         import open_clip  # noqa: F401  (the extras environment)
     except ImportError:
-        with pytest.raises(CLIError, match="open-clip"):
+        with pytest.raises(InputError, match="open-clip"):
             templates("imagenet")
     else:
         assert len(templates("imagenet")) == 80 and len(class_names("imagenet", [])) == 1000
     assert class_names(None, ["a_red_circle"]) == ["a red circle"]
-    with pytest.raises(CLIError, match="2 names for 1 classes"):
+    with pytest.raises(InputError, match="2 names for 1 classes"):
         (tmp_path / "n.txt").write_text("x\ny\n")
         class_names(str(tmp_path / "n.txt"), ["a"])
     assert round_robin([0, 0, 0, 1, 1, 2], 4) == [0, 3, 5, 1]

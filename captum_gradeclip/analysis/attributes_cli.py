@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Tuple
 
-from .._io import CLIError
+from ..errors import CLIError
 from .common import add_model_args
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .._io import CLIError, read_utf8
+from .._io import read_utf8
+from ..errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedCLIP
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["AnalysisError", "PairLine", "SceneDataset", "is_main_process", "job_errors", "run_maps_job", "add_model_args", "load_clip", "read_pairs", "write_rows", "write_summary"]
 
 
-class AnalysisError(CLIError):
+class AnalysisError(InputError):
     """Input an analysis cannot use (a bad pairs line, a phrase not in its caption, no rated word
     at all, a ``--maps`` job without the rows the study needs): one line on the command line."""
 
@@ -97,12 +98,12 @@ def read_pairs(path: Union[str, Path], root: Optional[Union[str, Path]] = None) 
     ``root`` (default: the file's folder). Blank lines are skipped.
 
     Raises:
-        CLIError: no such file, a line that is not such an object (one line naming file and line
+        InputError: no such file, a line that is not such an object (one line naming file and line
             number), or no pairs at all.
     """
     p = Path(path)
     if not p.is_file():
-        raise CLIError(f"--pairs must be a JSON-lines file, got {path}")
+        raise InputError(f"--pairs must be a JSON-lines file, got {path}")
     base = Path(root) if root is not None else p.parent
     text = read_utf8(p, "--pairs")
     out: List[PairLine] = []
@@ -113,15 +114,15 @@ def read_pairs(path: Union[str, Path], root: Optional[Union[str, Path]] = None) 
             rec = json.loads(line)
             image, texts = rec.pop("image"), rec.pop("texts")
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise CLIError(f"{path}:{n}: expected {{\"image\": \"rel/path.png\", \"texts\": [...]}}, "
+            raise InputError(f"{path}:{n}: expected {{\"image\": \"rel/path.png\", \"texts\": [...]}}, "
                            f"got {line[:80]!r}") from None
         if not isinstance(image, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise CLIError(f"{path}:{n}: \"image\" must be a string and \"texts\" a list of strings")
+            raise InputError(f"{path}:{n}: \"image\" must be a string and \"texts\" a list of strings")
         if not texts or not all(t.strip() for t in texts):
-            raise CLIError(f"{path}:{n}: \"texts\" must hold at least one non-empty text")
+            raise InputError(f"{path}:{n}: \"texts\" must hold at least one non-empty text")
         out.append(PairLine(Path(image).as_posix(), base / image, tuple(texts), rec, n, str(path)))
     if not out:
-        raise CLIError(f"no pairs in {path}")
+        raise InputError(f"no pairs in {path}")
     return out
 
 
@@ -146,13 +147,13 @@ def write_rows(rows: Sequence[Any], out_dir: Union[str, Path]) -> Path:
     pyarrow) or ``out_dir/rows.csv`` (without: list values as JSON). Returns the file written.
 
     Raises:
-        CLIError: ``out_dir`` cannot be written.
+        InputError: ``out_dir`` cannot be written.
     """
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CLIError(f"cannot write --out {out_dir}: {e.strerror or e}") from None
+        raise InputError(f"cannot write --out {out_dir}: {e.strerror or e}") from None
     dicts = _dicts(rows)
     try:
         import pyarrow as pa

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .._io import CLIError
+from ..errors import CLIError
 from .common import (
     add_maps_job_args,
     add_model_args,

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, List, Tuple
 
-from .._io import CLIError
+from ..errors import CLIError
 from .common import (
     AnalysisError,
     SceneDataset,

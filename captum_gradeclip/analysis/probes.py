@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tupl
 import torch
 from torch import Tensor
 
-from .._io import CLIError, read_utf8
+from .._io import read_utf8
+from ..errors import InputError
 from .attributes import CATEGORIES, Probe, ProbeRow, SceneProbes, to_input_geometry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,31 +69,31 @@ def _field(rec: dict, where: str) -> Tuple[str, str, Optional[str]]:
     if prompt is None and isinstance(rec.get("texts"), list) and len(rec["texts"]) == 1:
         prompt = rec["texts"][0]
     if not isinstance(prompt, str) or not prompt.strip():
-        raise CLIError(f"{where}: a probe needs \"prompt\": a non-empty string (or \"texts\" holding one)")
+        raise InputError(f"{where}: a probe needs \"prompt\": a non-empty string (or \"texts\" holding one)")
     cat = rec.get("category")
     if not isinstance(cat, str):
-        raise CLIError(f"{where}: a probe needs \"category\": one of {', '.join(CATEGORIES)}")
+        raise InputError(f"{where}: a probe needs \"category\": one of {', '.join(CATEGORIES)}")
     if cat not in CATEGORIES:
         hint = " (spelt \"colour\" here)" if cat.startswith("color") else ""
-        raise CLIError(f"{where}: unknown category {cat!r}{hint}; use one of {', '.join(CATEGORIES)}")
+        raise InputError(f"{where}: unknown category {cat!r}{hint}; use one of {', '.join(CATEGORIES)}")
     dis = rec.get("distractor")
     if dis is not None and (not isinstance(dis, str) or not dis.strip()):
-        raise CLIError(f"{where}: \"distractor\" must be a non-empty string")
+        raise InputError(f"{where}: \"distractor\" must be a non-empty string")
     return prompt, cat, dis
 
 
 def _region_fields(rec: dict, cat: str, base: Path, where: str) -> Tuple[Optional[Path], Optional[tuple]]:
     mask, box = rec.get("mask"), rec.get("box")
     if mask is not None and box is not None:
-        raise CLIError(f"{where}: give a \"mask\" or a \"box\", not both")
+        raise InputError(f"{where}: give a \"mask\" or a \"box\", not both")
     if mask is None and box is None and cat != "absent":
-        raise CLIError(f"{where}: a {cat!r} probe needs a \"mask\" (PNG path) or a \"box\" [x0, y0, x1, y1]")
+        raise InputError(f"{where}: a {cat!r} probe needs a \"mask\" (PNG path) or a \"box\" [x0, y0, x1, y1]")
     if mask is not None and not isinstance(mask, str):
-        raise CLIError(f"{where}: \"mask\" must be a path to a PNG, got {mask!r}")
+        raise InputError(f"{where}: \"mask\" must be a path to a PNG, got {mask!r}")
     if box is not None:
         ok = isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
         if not ok or box[2] <= box[0] or box[3] <= box[1]:
-            raise CLIError(f"{where}: \"box\" must be [x0, y0, x1, y1] pixels with x1 > x0 and y1 > y0, got {box!r}")
+            raise InputError(f"{where}: \"box\" must be [x0, y0, x1, y1] pixels with x1 > x0 and y1 > y0, got {box!r}")
         box = tuple(float(v) for v in box)
     return (base / mask if mask is not None else None), box
 
@@ -101,11 +102,11 @@ def read_probes(path: Union[str, Path], root: Optional[Union[str, Path]] = None)
     """The probes of a probe file, in file order (blank lines skipped).
 
     Raises:
-        CLIError: no such file, or a line that is not a probe (one line naming file and line).
+        InputError: no such file, or a line that is not a probe (one line naming file and line).
     """
     p = Path(path)
     if not p.is_file():
-        raise CLIError(f"--pairs must be a JSON-lines probe file, got {path}")
+        raise InputError(f"--pairs must be a JSON-lines probe file, got {path}")
     base = Path(root) if root is not None else p.parent
     out: List[ProbeLine] = []
     for n, line in enumerate(read_utf8(p, "--pairs").splitlines(), 1):
@@ -115,14 +116,14 @@ def read_probes(path: Union[str, Path], root: Optional[Union[str, Path]] = None)
         try:
             rec = json.loads(line)
         except ValueError:
-            raise CLIError(f"{where}: not JSON: {line[:80]!r}") from None
+            raise InputError(f"{where}: not JSON: {line[:80]!r}") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-            raise CLIError(f"{where}: a probe needs \"image\": a path (relative to {base})")
+            raise InputError(f"{where}: a probe needs \"image\": a path (relative to {base})")
         prompt, cat, dis = _field(rec, where)
         mask, box = _region_fields(rec, cat, base, where)
         out.append(ProbeLine(rec["image"], base / rec["image"], prompt, cat, dis, mask, box, n, str(path)))
     if not out:
-        raise CLIError(f"no probes in {path}")
+        raise InputError(f"no probes in {path}")
     return out
 
 
@@ -188,7 +189,7 @@ def iter_probes(lines: List[ProbeLine], pixels: Callable[["Image.Image"], Tensor
     for path, group in by_image.items():
         try:
             im = open_image(path)
-        except (CLIError, OSError, ValueError) as e:  # each probe's row says why
+        except (InputError, OSError, ValueError) as e:  # each probe's row says why
             why = f"cannot read image {group[0].image}: {' '.join(str(e).split())}"
             errors.extend(_error_row(ln, why) for ln in group)
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._io import CLIError
+from ..errors import CLIError
 
 #: How to install what the explorer needs.
 APP_INSTALL = "pip install 'captum-gradeclip[app]'"

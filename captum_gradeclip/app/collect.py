@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from .._io import CLIError
+from ..errors import InputError
 
 #: Columns every report reads; the other scalar columns are shown as they are.
 CORE = ("image", "text", "score")
@@ -84,7 +84,7 @@ def _shard_folder(out: Path) -> Tuple[str, Path]:
         return "benchmark", out / "curves"
     if list(out.glob("shard-*.parquet")):
         return "explain-dataset", out
-    raise CLIError(f"{out} is neither an explain-dataset output (shard-*.parquet) nor a folder benchmark's "
+    raise InputError(f"{out} is neither an explain-dataset output (shard-*.parquet) nor a folder benchmark's "
                    "--out-dir (benchmark.json and curves/): give one of those folders")
 
 
@@ -170,22 +170,22 @@ def read_job(out: "str | Path", caps: ReportCaps = ReportCaps()) -> Job:
     """The job folder ``out`` with its rows selected by ``caps``.
 
     Raises:
-        CLIError: not a job folder, a folder whose shards pyarrow cannot read, or no pyarrow.
+        InputError: not a job folder, a folder whose shards pyarrow cannot read, or no pyarrow.
     """
     from ..scale.store import require_pyarrow
 
     require_pyarrow("report")
     out = Path(out)
     if not out.is_dir():
-        raise CLIError(f"no such folder: {out}")
+        raise InputError(f"no such folder: {out}")
     kind, shards = _shard_folder(out)
     files = sorted(shards.glob("shard-*.parquet"))
     if not files:
-        raise CLIError(f"{shards} holds no shard-*.parquet yet: run the job first")
+        raise InputError(f"{shards} holds no shard-*.parquet yet: run the job first")
     try:
         where, cols, extra = _scan(files)
     except Exception as e:  # pyarrow's errors for a damaged file
-        raise CLIError(f"cannot read the shards in {shards} ({e.__class__.__name__}: {str(e)[:120]})") from None
+        raise InputError(f"cannot read the shards in {shards} ({e.__class__.__name__}: {str(e)[:120]})") from None
     group, rank = ("method", "insertion_auc") if kind == "benchmark" else ("text", "score")
     best_i, worst_i, sample = _select(cols, caps, group, rank)
     rows: Dict[int, Row] = {}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .methods import GRAD_ECLIP, GradECLIPOptions, build, check_names
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_PROMPTS = 16
 
 
-class AppInputError(ValueError):
+class AppInputError(InputError):
     """Input the explorer cannot explain; the message names the problem and the fix."""
 
 

@@ -44,13 +44,14 @@ th.asc::after{content:' \\25B2'}th.desc::after{content:' \\25BC'}.strip img{marg
 @lru_cache(maxsize=512)
 def _image(root: Optional[str], name: str) -> "Optional[Image.Image]":
     """The job's image ``name`` under ``root``, reduced to the overlay's size; ``None`` if absent."""
-    from .._io import CLIError, open_image
+    from .._io import open_image
+    from ..errors import InputError
 
     if root is None:
         return None
     try:
         return fit(open_image(str(Path(root) / name)), TILE)
-    except CLIError:
+    except InputError:
         return None
 
 
@@ -178,16 +179,17 @@ def write_report(out: "str | Path", path: "Optional[str | Path]" = None, caps: O
     """Write the report of the job folder ``out`` to ``path`` (default ``out/report.html``); its path.
 
     Raises:
-        CLIError: see :func:`.collect.read_job`; an unwritable ``path``.
+        InputError: see :func:`.collect.read_job`; an unwritable ``path``.
     """
-    from .._io import CLIError, check_output_dir
+    from .._io import check_output_dir
+    from ..errors import InputError
 
     target = Path(path) if path else Path(out) / "report.html"
     if target.suffix.lower() not in (".html", ".htm"):
-        raise CLIError(f"--html must name an .html file, got {target}")
+        raise InputError(f"--html must name an .html file, got {target}")
     check_output_dir(str(target.parent), "--html")
     if images is not None and not Path(images).is_dir():
-        raise CLIError(f"--images must be the job's image folder, got {images}")
+        raise InputError(f"--images must be the job's image folder, got {images}")
     _image.cache_clear()
     doc = render_html(read_job(out, caps or ReportCaps()), None if images is None else str(images))
     target.parent.mkdir(parents=True, exist_ok=True)

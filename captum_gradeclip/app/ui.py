@@ -43,7 +43,8 @@ def read_upload(path: Optional[str]) -> Tuple["Image.Image", List[str]]:
     """
     from PIL import Image
 
-    from .._io import MAX_SHORT_SIDE, CLIError, open_image
+    from .._io import MAX_SHORT_SIDE, open_image
+    from ..errors import InputError
 
     if not path:
         raise AppInputError("upload or paste an image, or render a ShapesCLIP scene")
@@ -58,7 +59,7 @@ def read_upload(path: Optional[str]) -> Tuple["Image.Image", List[str]]:
                             f"{MAX_PIXELS // 1_000_000} M pixels")
     try:
         image = open_image(path)
-    except CLIError as e:
+    except InputError as e:
         raise AppInputError(str(e).replace(str(path), "the upload")) from None
     notes = []
     if min(w, h) > MAX_SHORT_SIDE:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Tuple
 
-from .._io import CLIError
+from ..errors import CLIError
 from .config import FaithfulnessConfig, FolderConfig, ShapesConfig
 
 _F, _S = FaithfulnessConfig(), ShapesConfig()

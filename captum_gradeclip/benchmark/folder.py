@@ -103,27 +103,27 @@ def folder_inputs(cfg: FolderConfig) -> Tuple[List[str], List[Path]]:
     """``(prompts, image files)`` of ``--prompts`` and ``--images`` (the first ``--n`` files).
 
     Raises:
-        CLIError: no such folder or prompt file, or no images in the folder.
+        InputError: no such folder or prompt file, or no images in the folder.
     """
-    from .._io import CLIError
+    from ..errors import InputError
     from ..scale.data import IMAGE_SUFFIXES
 
     folder = Path(cfg.images)
     if not folder.is_dir():
-        raise CLIError(f"--images must be a folder of images, got {cfg.images}")
+        raise InputError(f"--images must be a folder of images, got {cfg.images}")
     if not cfg.prompts or not Path(cfg.prompts).is_file():
-        raise CLIError("--prompts must be a text file with one prompt per line")
+        raise InputError("--prompts must be a text file with one prompt per line")
     try:
         prompts = [ln.strip() for ln in Path(cfg.prompts).read_text().splitlines() if ln.strip()]
     except (UnicodeDecodeError, OSError) as e:
-        raise CLIError(f"cannot read --prompts {cfg.prompts} as text ({e.__class__.__name__})") from None
+        raise InputError(f"cannot read --prompts {cfg.prompts} as text ({e.__class__.__name__})") from None
     if not prompts:
-        raise CLIError(f"--prompts {cfg.prompts} holds no prompt: give one prompt per line")
+        raise InputError(f"--prompts {cfg.prompts} holds no prompt: give one prompt per line")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if cfg.n:
         files = files[: cfg.n]
     if not files:
-        raise CLIError(f"no images (.png, .jpg, ...) in {folder}")
+        raise InputError(f"no images (.png, .jpg, ...) in {folder}")
     return prompts, files
 
 
@@ -140,11 +140,11 @@ def run_folder(cfg: FolderConfig) -> Optional[dict]:
     ``cfg.batch`` images per batch, curves under ``cfg.out_dir/curves``.
 
     Raises:
-        CLIError: bad inputs (see :func:`folder_inputs`), none of the images readable,
+        InputError: bad inputs (see :func:`folder_inputs`), none of the images readable,
             or another job's curves in ``cfg.out_dir``.
     """
     from .. import distributed as dist
-    from .._io import CLIError
+    from ..errors import InputError
     from ..models import load
     from ..scale.data import ImageFolderDataset, WorkItem
     from ..scale.engine import job_config, prepared, run
@@ -166,7 +166,7 @@ def run_folder(cfg: FolderConfig) -> Optional[dict]:
         return None
     skipped = sorted({e["image"] for e in _errors(out)})
     if summary["pairs"] == 0:
-        raise CLIError(f"none of the {len(files)} images in {cfg.images} could be read or explained")
+        raise InputError(f"none of the {len(files)} images in {cfg.images} could be read or explained")
     return dict(protocol="folder", images=len(files) - len(skipped), skipped=skipped, prompts=len(prompts),
                 step=cfg.faithfulness.step, replacement=cfg.faithfulness.replacement, image=aggregate(out), text=[],
                 world_size=ranks.world, curves=str(out))

@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._io import CLIError, read_utf8
+from .._io import read_utf8
+from ..errors import InputError
 
 #: Images per shard of the protocol job.
 SHARD_SIZE = 32
@@ -60,12 +61,12 @@ def read_lines(path: str, flag: str) -> List[str]:
     """The non-empty stripped lines of a text file.
 
     Raises:
-        CLIError: no such file, not UTF-8, or empty.
+        InputError: no such file, not UTF-8, or empty.
     """
     p = Path(path)
     lines = [ln.strip() for ln in read_utf8(p, flag).splitlines() if ln.strip()]
     if not lines:
-        raise CLIError(f"{flag} {path} holds no line")
+        raise InputError(f"{flag} {path} holds no line")
     return lines
 
 
@@ -73,7 +74,7 @@ def _open_clip_metadata(what: str) -> Any:
     try:
         from open_clip import zero_shot_metadata
     except ImportError:
-        raise CLIError(f"{what} 'imagenet' reads open_clip's zero-shot metadata: pip install "
+        raise InputError(f"{what} 'imagenet' reads open_clip's zero-shot metadata: pip install "
                        "'captum-gradeclip[open-clip]', or give a file") from None
     return zero_shot_metadata
 
@@ -83,14 +84,14 @@ def class_names(spec: Optional[str], folders: Sequence[str]) -> List[str]:
     ``"imagenet"`` -> open_clip's 1000 ImageNet names; else a file, one name per line.
 
     Raises:
-        CLIError: open_clip missing, an unreadable file, or a count that differs from the folders'.
+        InputError: open_clip missing, an unreadable file, or a count that differs from the folders'.
     """
     if spec is None:
         return [f.replace("_", " ") for f in folders]
     names = (list(_open_clip_metadata("--class-names").IMAGENET_CLASSNAMES) if spec == "imagenet"
              else read_lines(spec, "--class-names"))
     if folders and len(names) != len(folders):
-        raise CLIError(f"--class-names gives {len(names)} names for {len(folders)} classes: one per class, "
+        raise InputError(f"--class-names gives {len(names)} names for {len(folders)} classes: one per class, "
                        "in the sorted order of the class folders (label order)")
     return names
 
@@ -100,14 +101,14 @@ def templates(spec: str) -> List[Template]:
     template; else a file, one template (with ``{}``) per line.
 
     Raises:
-        CLIError: open_clip missing, an unreadable file, or a template without ``{}``.
+        InputError: open_clip missing, an unreadable file, or a template without ``{}``.
     """
     if spec == "imagenet":
         return list(_open_clip_metadata("--templates").OPENAI_IMAGENET_TEMPLATES)
     found = [spec] if "{}" in spec and not Path(spec).is_file() else read_lines(spec, "--templates")
     bad = [t for t in found if "{}" not in t]
     if bad:
-        raise CLIError(f"--templates: every template needs {{}} for the class name, got {bad[0]!r}")
+        raise InputError(f"--templates: every template needs {{}} for the class name, got {bad[0]!r}")
     return found
 
 
@@ -189,14 +190,14 @@ def folder_source(root: Path) -> LabelledImages:
     """``root/CLASS/IMAGE`` (recursive under each class): labels in sorted folder order.
 
     Raises:
-        CLIError: not a folder, or no class folder with images.
+        InputError: not a folder, or no class folder with images.
     """
     from ..scale.data import scan_images
 
     files = [f for f in scan_images(root) if "/" in f]
     classes = sorted({f.split("/", 1)[0] for f in files})
     if not classes:
-        raise CLIError(f"no class folders with images under {root} (expected DIR/CLASS/IMAGE)")
+        raise InputError(f"no class folders with images under {root} (expected DIR/CLASS/IMAGE)")
     index = {c: i for i, c in enumerate(classes)}
     return LabelledImages(files, [index[f.split("/", 1)[0]] for f in files], _FolderOpen(root, files), classes)
 
@@ -347,7 +348,7 @@ def _source(args: Any) -> LabelledImages:
 
         return LabelledImages(*labelled_source(args))
     if not args.images:
-        raise CLIError("--protocol grad-eclip needs labelled images: --images DIR (DIR/CLASS/IMAGE), "
+        raise InputError("--protocol grad-eclip needs labelled images: --images DIR (DIR/CLASS/IMAGE), "
                        "--hf-dataset or --webdataset")
     return folder_source(Path(args.images))
 
@@ -377,7 +378,7 @@ def run_protocol(args: Any) -> Optional[Dict[str, Any]]:
     other in turn); rank 0 returns the results (other ranks ``None``).
 
     Raises:
-        CLIError: bad inputs, no image readable, or another job's curves in ``--out-dir``.
+        InputError: bad inputs, no image readable, or another job's curves in ``--out-dir``.
     """
     from .. import distributed as dist
     from ..models import load
@@ -404,7 +405,7 @@ def run_protocol(args: Any) -> Optional[Dict[str, Any]]:
     if ranks.rank != 0:
         return None
     if summary["pairs"] == 0:
-        raise CLIError(f"none of the {len(dataset)} images could be read or explained (see {out / 'errors.jsonl'})")
+        raise InputError(f"none of the {len(dataset)} images could be read or explained (see {out / 'errors.jsonl'})")
     return dict(protocol="grad-eclip", images=len(keys), errors=summary["errors"], classes=len(names),
                 templates=len(temps), target=args.target, map_input=args.map_input, world_size=ranks.world,
                 curves=str(out), image=aggregate(out, keys))

@@ -74,15 +74,15 @@ def select(methods: Dict[MethodName, Callable], patterns: Optional[Sequence[str]
     """The methods whose name contains one of ``patterns`` (case-insensitive); all for none.
 
     Raises:
-        CLIError: a pattern that matches no method (the message lists the names).
+        InputError: a pattern that matches no method (the message lists the names).
     """
-    from .._io import CLIError
+    from ..errors import InputError
 
     if not patterns:
         return methods
     unknown = [m for m in patterns if not any(m.lower() in k.lower() for k in methods)]
     if unknown:
-        raise CLIError(f"--methods {unknown[0]!r} matches no method; the methods are: " + "; ".join(methods))
+        raise InputError(f"--methods {unknown[0]!r} matches no method; the methods are: " + "; ".join(methods))
     return {k: v for k, v in methods.items() if any(m.lower() in k.lower() for m in patterns)}
 
 

@@ -159,17 +159,17 @@ def run_shapes(cfg: ShapesConfig) -> dict:
     """The ShapesCLIP protocol on ``cfg.n`` scenes (``cfg.model``: another ShapesCLIP checkpoint).
 
     Raises:
-        CLIError: ``cfg.word_replacement`` is not one token of the model's vocabulary; a
+        InputError: ``cfg.word_replacement`` is not one token of the model's vocabulary; a
             ``cfg.methods`` pattern that matches no method.
     """
-    from .._io import CLIError
+    from ..errors import InputError
     from ..models import load_shapes
 
     torch.manual_seed(0)
     clip = load_shapes(cfg.model)
     tok = clip.tokenizer
     if tok.convert_tokens_to_ids(cfg.word_replacement) in (None, tok.unk_token_id):
-        raise CLIError(f"--word-replacement {cfg.word_replacement!r} is not one token of the model's vocabulary")
+        raise InputError(f"--word-replacement {cfg.word_replacement!r} is not one token of the model's vocabulary")
     items = shapes_items(cfg.n)
     pixels = clip.pixels([it["image"] for it in items])
     results, examples = _shapes_image_side(clip, items, pixels, cfg)

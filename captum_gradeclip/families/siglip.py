@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ..forward import _features
+from ..forward import features
 from .layouts import LastTokenTextLayout, ProbeLayout
 
 
@@ -72,7 +72,7 @@ class SiglipImageTextSimilarity(nn.Module):
             raise ValueError(f"input_ids must have shape (T, L) with T >= 1, got {tuple(input_ids.shape)}")
         self.model, self.logits = model, logits
         with torch.no_grad():
-            text = _features(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+            text = features(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
         self.register_buffer("text_embeds", _norm(text), persistent=False)
         self.patch_size = model.config.vision_config.patch_size
 
@@ -82,7 +82,7 @@ class SiglipImageTextSimilarity(nn.Module):
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """``(N, 3, H, W) -> (N, T)``."""
-        image = _norm(_features(self.model.get_image_features(pixel_values=pixel_values)))
+        image = _norm(features(self.model.get_image_features(pixel_values=pixel_values)))
         return _scores(self.model, self.text_embeds.to(image.dtype), image, self.logits).t()
 
 
@@ -105,7 +105,7 @@ class SiglipTextImageSimilarity(nn.Module):
             raise ValueError(f"pixel_values must have shape (N, 3, H, W) with N >= 1, got {tuple(pixel_values.shape)}")
         self.model, self.logits = model, logits
         with torch.no_grad():
-            image = _features(model.get_image_features(pixel_values=pixel_values))
+            image = features(model.get_image_features(pixel_values=pixel_values))
         self.register_buffer("image_embeds", _norm(image), persistent=False)
 
     def eos_positions(self, input_ids: Tensor) -> Tensor:
@@ -118,5 +118,5 @@ class SiglipTextImageSimilarity(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         """``(T, L) -> (T, N)``."""
-        text = _norm(_features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)))
+        text = _norm(features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)))
         return _scores(self.model, text, self.image_embeds.to(text.dtype), self.logits)

@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .._io import CLIError
+from ..errors import CLIError
 
 #: The ablations of ``--ablations``: name -> mask kind.
 ABLATIONS = {"oracle_gt_masks": "gt", "uniform_masks": "uniform", "game_maps": "game"}

@@ -28,12 +28,13 @@ from typing import Any, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .._io import CLIError, open_image, read_utf8
+from .._io import open_image, read_utf8
+from ..errors import InputError
 
 FINETUNE_SEED_OFFSET = 5_000_000_000
 
 
-class DataError(CLIError, ValueError):
+class DataError(InputError, ValueError):
     """Training data that cannot be used (a caption without phrases, a phrase not in its caption,
     an image that does not load); a ``ValueError`` for library callers, a one-line error in the CLI."""
 
@@ -171,7 +172,7 @@ def _read_line(line: str, where: str, root: Path, separator: Optional[str], mode
     path = Path(row["image"])
     try:
         image = open_image(str(path if path.is_absolute() else root / path))
-    except CLIError as e:
+    except InputError as e:
         raise DataError(f"{where}: {e}") from None
     return Sample(image=image, caption=caption, phrases=phrases, key=row["image"])
 

@@ -32,10 +32,10 @@ def _pixels(scenes: Sequence[Scene]) -> Tensor:
 
 def _prompt_embeds(model: Any, tokenizer: Any) -> Tensor:
     """``(P, E)`` normalised embeddings of the 48 single-object prompts."""
-    from ..forward import _features
+    from ..forward import features
 
     tok = tokenizer(all_prompts(), padding=True, return_tensors="pt")
-    return F.normalize(_features(model.get_text_features(**tok)), dim=-1)
+    return F.normalize(features(model.get_text_features(**tok)), dim=-1)
 
 
 def _dense(model: Any, scenes: Sequence[Scene], batch: int = 100) -> Tensor:

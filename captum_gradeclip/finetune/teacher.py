@@ -138,8 +138,8 @@ class MomentumModel:
     @torch.no_grad()
     def embeds(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tuple[Tensor, Tensor]:
         """``(image_embeds (N, E), text_embeds (T, E))`` of the copy, without gradients."""
-        from ..forward import _features
+        from ..forward import features
 
-        image = _features(self.model.get_image_features(pixel_values=pixel_values))
-        text = _features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        image = features(self.model.get_image_features(pixel_values=pixel_values))
+        text = features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
         return image, text

@@ -101,10 +101,10 @@ class Student(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tuple[Tensor, ...]:
-        from ..forward import _features
+        from ..forward import features
 
         dense, image = dense_features(self.model, pixel_values)
-        text = _features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        text = features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
         return dense, image, text, self.model.logit_scale.exp()
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .._io import CLIError
+from ..errors import CLIError
 
 
 def work_items(args: argparse.Namespace) -> List[Any]:

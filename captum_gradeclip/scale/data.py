@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
-from .._io import CLIError, read_utf8
+from .._io import read_utf8
+from ..errors import InputError
 
 #: The image files a folder job reads (case-insensitive).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -58,14 +59,14 @@ def scan_images(root: Path) -> List[str]:
     image suffix that is not a folder counts (a broken link becomes an error row, not nothing).
 
     Raises:
-        CLIError: ``root`` is not a folder, or holds no image.
+        InputError: ``root`` is not a folder, or holds no image.
     """
     if not root.is_dir():
-        raise CLIError(f"--images must be a folder of images, got {root}")
+        raise InputError(f"--images must be a folder of images, got {root}")
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                    if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_symlink() or p.is_file()) and not p.is_dir())
     if not files:
-        raise CLIError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     return files
 
 
@@ -78,14 +79,14 @@ def read_prompts(path: str) -> List[str]:
     """The non-empty lines of a prompt file, stripped, each once (in first-seen order).
 
     Raises:
-        CLIError: no such file, or no prompt in it.
+        InputError: no such file, or no prompt in it.
     """
     p = Path(path)
     if not p.is_file():
-        raise CLIError(f"--prompts must be a text file with one prompt per line, got {path}")
+        raise InputError(f"--prompts must be a text file with one prompt per line, got {path}")
     prompts = list(dict.fromkeys(ln.strip() for ln in read_utf8(p, "--prompts").splitlines() if ln.strip()))
     if not prompts:
-        raise CLIError(f"no prompts in {path}")
+        raise InputError(f"no prompts in {path}")
     return prompts
 
 
@@ -112,11 +113,11 @@ def pair_items(root: Path, pairs: str, allow_outside: bool = False) -> List[Work
     an image with an empty ``texts`` list, an error row.
 
     Raises:
-        CLIError: no such file, not UTF-8, a line that is not such an object, or no pairs.
+        InputError: no such file, not UTF-8, a line that is not such an object, or no pairs.
     """
     p = Path(pairs)
     if not p.is_file():
-        raise CLIError(f"--pairs must be a JSON-lines file, got {pairs}")
+        raise InputError(f"--pairs must be a JSON-lines file, got {pairs}")
     merged: dict = {}
     problems: dict = {}
     for n, line in enumerate(read_utf8(p, "--pairs").splitlines(), 1):
@@ -126,20 +127,20 @@ def pair_items(root: Path, pairs: str, allow_outside: bool = False) -> List[Work
             rec = json.loads(line)
             image, texts = rec["image"], rec["texts"]
         except (ValueError, KeyError, TypeError):
-            raise CLIError(f"{pairs}:{n}: expected {{\"image\": \"rel/path.jpg\", \"texts\": [...]}}, "
+            raise InputError(f"{pairs}:{n}: expected {{\"image\": \"rel/path.jpg\", \"texts\": [...]}}, "
                            f"got {line[:80]!r}") from None
         if (not isinstance(image, str) or not image or not isinstance(texts, list)
                 or not all(isinstance(t, str) for t in texts)):
-            raise CLIError(f"{pairs}:{n}: \"image\" must be a non-empty string and \"texts\" a list of strings, "
+            raise InputError(f"{pairs}:{n}: \"image\" must be a non-empty string and \"texts\" a list of strings, "
                            f"got {line[:80]!r}")
         key, problem = _inside(image, root, allow_outside, f"{pairs}:{n}")
         merged.setdefault(key, []).extend(texts)
         if problem:
             problems.setdefault(key, problem)
     if not merged:
-        raise CLIError(f"no pairs in {pairs}")
+        raise InputError(f"no pairs in {pairs}")
     if not root.is_dir():
-        raise CLIError(f"--images must be the folder the pairs' paths are relative to, got {root}")
+        raise InputError(f"--images must be the folder the pairs' paths are relative to, got {root}")
     return [WorkItem(k, tuple(dict.fromkeys(v)), problems.get(k)) for k, v in sorted(merged.items())]
 
 
@@ -148,29 +149,29 @@ def class_items(root: Path, template: str) -> List[WorkItem]:
     ``template.format(CLASS with '_' as ' ')``, classes in sorted folder order.
 
     Raises:
-        CLIError: a template without exactly one plain ``{}``, or no class folder with images.
+        InputError: a template without exactly one plain ``{}``, or no class folder with images.
     """
     check_template(template)
     files = [f for f in scan_images(root) if "/" in f]
     classes = sorted({f.split("/", 1)[0] for f in files})
     if not classes:
-        raise CLIError(f"no class folders with images under {root} (expected ROOT/CLASS/IMAGE)")
+        raise InputError(f"no class folders with images under {root} (expected ROOT/CLASS/IMAGE)")
     texts = tuple(template.format(_key(c)[0].replace("_", " ")) for c in classes)
     return [_folder_item(f, texts) for f in files]
 
 
 def check_template(template: str) -> None:
-    """Raises CLIError unless ``template`` has exactly one plain ``{}`` (no name, index, format
+    """Raises InputError unless ``template`` has exactly one plain ``{}`` (no name, index, format
     spec or conversion) and otherwise only doubled braces."""
     import string
 
     try:
         fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
     except ValueError as e:
-        raise CLIError(f"--class-prompts {template!r} is not a valid template ({e}); write {{{{ and }}}} for "
+        raise InputError(f"--class-prompts {template!r} is not a valid template ({e}); write {{{{ and }}}} for "
                        "literal braces") from None
     if fields != [("", "", None)]:
-        raise CLIError(f"--class-prompts must contain {{}} for the class name, once and plain (no name, index or "
+        raise InputError(f"--class-prompts must contain {{}} for the class name, once and plain (no name, index or "
                        f"format spec; {{{{ }}}} for literal braces), got {template!r}")
 
 
@@ -192,12 +193,12 @@ class ImageFolderDataset:
 
     def __getitem__(self, i: int) -> Example:
         """Raises:
-            CLIError: the file is missing, unreadable or truncated (the engine makes it an error row)."""
+            InputError: the file is missing, unreadable or truncated (the engine makes it an error row)."""
         from .._io import open_image
 
         item = self.items[i]
         if item.problem:
-            raise CLIError(item.problem)
+            raise InputError(item.problem)
         return Example(item.image, self.to_pixels([open_image(str(self.root / item.image))])[0], item.texts)
 
 

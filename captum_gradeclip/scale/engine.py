@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from .. import distributed as dist
-from .._io import CLIError
+from ..errors import GradECLIPError
 from . import store
 from .data import key_of
 from .table import to_table
@@ -96,7 +96,7 @@ def _no_texts(x: WorkInput) -> WorkInput:
 
 def _reason(e: Exception) -> str:
     """An error row's reason: a user error's message, else the exception's type and message."""
-    return str(e) if isinstance(e, CLIError) else f"{type(e).__name__}: {e}"
+    return str(e) if isinstance(e, GradECLIPError) else f"{type(e).__name__}: {e}"
 
 
 def _collate(records: List[WorkInput]) -> List[WorkInput]:

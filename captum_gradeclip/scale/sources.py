@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .._io import CLIError
+from ..errors import InputError
 
 #: Image extensions of WebDataset members (case-insensitive), and where texts / labels are read.
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -32,7 +32,7 @@ def _decode(data: bytes, key: str) -> Any:
     """Encoded image bytes -> 8-bit RGB PIL image.
 
     Raises:
-        CLIError: not an image PIL can read (the engine makes it an error row).
+        InputError: not an image PIL can read (the engine makes it an error row).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -40,7 +40,7 @@ def _decode(data: bytes, key: str) -> Any:
         with Image.open(io.BytesIO(data)) as im:
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise CLIError(f"cannot decode the image of record {key} ({type(e).__name__})") from None
+        raise InputError(f"cannot decode the image of record {key} ({type(e).__name__})") from None
 
 
 def expand_braces(pattern: str) -> List[str]:
@@ -81,7 +81,7 @@ class WebDatasetSource:
     line), the label from ``cls``. Only the tar headers are read up front.
 
     Raises:
-        CLIError: a shard that does not exist or is not a tar, or two images with the same key.
+        InputError: a shard that does not exist or is not a tar, or two images with the same key.
     """
 
     def __init__(self, pattern: str) -> None:
@@ -97,7 +97,7 @@ class WebDatasetSource:
     @staticmethod
     def _scan(shard: str) -> List[Tuple[str, str, Any]]:
         if not Path(shard).is_file():
-            raise CLIError(f"--webdataset: no shard {shard}")
+            raise InputError(f"--webdataset: no shard {shard}")
         try:
             with tarfile.open(shard) as tar:
                 out = []
@@ -112,7 +112,7 @@ class WebDatasetSource:
                     out.append((key, ext.lower(), payload))
                 return out
         except tarfile.TarError as e:
-            raise CLIError(f"--webdataset: {shard} is not a tar file ({e})") from None
+            raise InputError(f"--webdataset: {shard} is not a tar file ({e})") from None
 
     @staticmethod
     def _records(groups: Dict[str, Dict[str, Any]]) -> List[SourceRecord]:
@@ -134,11 +134,11 @@ class WebDatasetSource:
         """The PIL image of record ``i``.
 
         Raises:
-            CLIError: the record has no image member, or its bytes are not an image.
+            InputError: the record has no image member, or its bytes are not an image.
         """
         rec = self.records[i]
         if rec.where is None:
-            raise CLIError(f"record {rec.key} of the WebDataset has no image ({', '.join(WDS_IMAGE_EXTS)})")
+            raise InputError(f"record {rec.key} of the WebDataset has no image ({', '.join(WDS_IMAGE_EXTS)})")
         tar = self._open.get(rec.where.tar)
         if tar is None:  # one handle per shard and process (DataLoader workers open their own)
             tar = self._open[rec.where.tar] = tarfile.open(rec.where.tar)
@@ -156,7 +156,7 @@ class HFSource:
     strings per row; ``label``: an int (class names from a ``ClassLabel`` feature).
 
     Raises:
-        CLIError: ``datasets`` missing, nothing at ``path``, or a column that does not exist.
+        InputError: ``datasets`` missing, nothing at ``path``, or a column that does not exist.
     """
 
     def __init__(self, path: str, *, split: str = "train", image_column: str = "image",
@@ -166,7 +166,7 @@ class HFSource:
         for flag, col in (("--image-column", image_column), ("--text-column", text_column),
                           ("--label-column", label_column), ("--key-column", key_column)):
             if col is not None and col not in ds.column_names:
-                raise CLIError(f"{flag} {col!r} is not a column of {path}; its columns: {', '.join(ds.column_names)}")
+                raise InputError(f"{flag} {col!r} is not a column of {path}; its columns: {', '.join(ds.column_names)}")
         self.image_column = image_column
         feature = ds.features[image_column]
         if type(feature).__name__ == "Image":
@@ -195,7 +195,7 @@ class HFSource:
             else:
                 keys = [f"{i:08d}" for i in range(len(self.ds))]
         if len(set(keys)) != len(keys):
-            raise CLIError("--key-column holds duplicate keys: every record needs its own")
+            raise InputError("--key-column holds duplicate keys: every record needs its own")
         return keys
 
     def __len__(self) -> int:
@@ -205,7 +205,7 @@ class HFSource:
         """The PIL image of record ``i``.
 
         Raises:
-            CLIError: no image, or bytes that are not an image.
+            InputError: no image, or bytes that are not an image.
         """
         rec = self.records[i]
         value = self.ds[rec.where][self.image_column]
@@ -214,7 +214,7 @@ class HFSource:
         path = value.get("path") if isinstance(value, dict) else value
         if isinstance(path, str) and Path(path).is_file():
             return _decode(Path(path).read_bytes(), rec.key)
-        raise CLIError(f"record {rec.key} has no image in column {self.image_column!r}")
+        raise InputError(f"record {rec.key} has no image in column {self.image_column!r}")
 
 
 def _texts(value: Any) -> Tuple[str, ...]:
@@ -227,7 +227,7 @@ def _load_hf(path: str, split: str) -> Any:
     try:
         import datasets
     except ImportError:
-        raise CLIError("--hf-dataset needs datasets: pip install 'captum-gradeclip[data]'") from None
+        raise InputError("--hf-dataset needs datasets: pip install 'captum-gradeclip[data]'") from None
     p = Path(path)
     if any(c in path for c in "*?["):
         files = sorted(glob.glob(path))
@@ -242,10 +242,10 @@ def _load_hf(path: str, split: str) -> Any:
             return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
         ds = datasets.load_from_disk(path)
     except (FileNotFoundError, ValueError) as e:
-        raise CLIError(f"--hf-dataset {path}: not a save_to_disk folder or Parquet files ({str(e)[:100]})") from None
+        raise InputError(f"--hf-dataset {path}: not a save_to_disk folder or Parquet files ({str(e)[:100]})") from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
-            raise CLIError(f"--hf-split {split!r} is not a split of {path}: {', '.join(ds)}")
+            raise InputError(f"--hf-split {split!r} is not a split of {path}: {', '.join(ds)}")
         ds = ds[split]
     return ds
 
@@ -254,17 +254,17 @@ def open_source(args: Any) -> Any:
     """The source ``--hf-dataset`` or ``--webdataset`` names.
 
     Raises:
-        CLIError: both, or see :class:`HFSource` / :class:`WebDatasetSource`.
+        InputError: both, or see :class:`HFSource` / :class:`WebDatasetSource`.
     """
     if args.hf_dataset and args.webdataset:
-        raise CLIError("give --hf-dataset or --webdataset, not both")
+        raise InputError("give --hf-dataset or --webdataset, not both")
     if args.webdataset:
         src = WebDatasetSource(args.webdataset)
     else:
         src = HFSource(args.hf_dataset, split=args.hf_split, image_column=args.image_column,
                        text_column=args.text_column, label_column=args.label_column, key_column=args.key_column)
     if not len(src):
-        raise CLIError("the dataset holds no records")
+        raise InputError("the dataset holds no records")
     return src
 
 
@@ -286,7 +286,7 @@ def source_items(args: Any, source: Any) -> List[Any]:
     ``--class-prompts`` of the class names, or its own texts (the text column / ``.txt``).
 
     Raises:
-        CLIError: no texts for a record, or class prompts without class names.
+        InputError: no texts for a record, or class prompts without class names.
     """
     from .data import WorkItem, read_prompts
 
@@ -295,11 +295,11 @@ def source_items(args: Any, source: Any) -> List[Any]:
         return [WorkItem(r.key, texts) for r in source.records]
     if args.class_prompts:
         if not source.classes:
-            raise CLIError("--class-prompts needs class names: a ClassLabel --label-column")
+            raise InputError("--class-prompts needs class names: a ClassLabel --label-column")
         return [WorkItem(r.key, tuple(args.class_prompts.format(c) for c in source.classes)) for r in source.records]
     bare = [r.key for r in source.records if not r.texts]
     if bare:
-        raise CLIError(f"{len(bare)} record(s) have no texts (e.g. {bare[0]}): give --text-column, or --prompts")
+        raise InputError(f"{len(bare)} record(s) have no texts (e.g. {bare[0]}): give --text-column, or --prompts")
     return [WorkItem(r.key, r.texts) for r in source.records]
 
 
@@ -307,12 +307,12 @@ def labelled_source(args: Any) -> Tuple[List[str], List[int], Any, List[str]]:
     """``(keys, labels, open(i) -> PIL image, class names)`` for the authors' protocol.
 
     Raises:
-        CLIError: a record without a label (``--label-column`` / ``.cls``).
+        InputError: a record without a label (``--label-column`` / ``.cls``).
     """
     src = open_source(args)
     missing = [r.key for r in src.records if r.label is None]
     if missing:
-        raise CLIError(f"{len(missing)} record(s) have no label (e.g. {missing[0]}): give --label-column (or .cls files)")
+        raise InputError(f"{len(missing)} record(s) have no label (e.g. {missing[0]}): give --label-column (or .cls files)")
     labels = [int(r.label) for r in src.records]
     classes = src.classes or [str(c) for c in range(max(labels) + 1)]
     return [r.key for r in src.records], labels, src.image, classes

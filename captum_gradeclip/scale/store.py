@@ -22,10 +22,10 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .._io import CLIError
+from ..errors import InputError
 
 
-class ScaleError(CLIError):
+class ScaleError(InputError):
     """A dataset job that cannot start or finish: an unwritable output folder, a different
     configuration in it, a shard missing at the end, a full disk."""
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, List, Sequence, Tuple
 
-from .._io import CLIError
+from ..errors import CLIError
 
 #: ``--method`` -> (class name in :mod:`captum_gradeclip` / ``.baselines``, explained layers: "last" or "all").
 METHODS = {"grad-eclip": ("ImageGradECLIP", "last"), "maskclip": ("MaskCLIP", "last"), "game": ("GAME", "all"),

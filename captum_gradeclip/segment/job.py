@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .._io import CLIError
+from ..errors import InputError
 from .functional import segment
 
 
@@ -23,21 +23,21 @@ def read_mask(path: Path) -> Tensor:
     """An index PNG (VOC's palette ``P`` mode, or grey ``L`` / ``I``) -> ``(H, W)`` int64 labels.
 
     Raises:
-        CLIError: no such file, not an image, or an RGB mask (colours are not labels: save the
+        InputError: no such file, not an image, or an RGB mask (colours are not labels: save the
             indices, e.g. VOC's ``SegmentationClass`` PNGs are palette images and work as they are).
     """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
-        raise CLIError(f"no mask {path}: --masks must hold one PNG per image, at the image's relative path")
+        raise InputError(f"no mask {path}: --masks must hold one PNG per image, at the image's relative path")
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
-                raise CLIError(f"mask {path} is a {im.mode} image: give index PNGs (palette or grey), not colours")
+                raise InputError(f"mask {path} is a {im.mode} image: give index PNGs (palette or grey), not colours")
             return torch.from_numpy(np.array(im).astype(np.int64))
     except (UnidentifiedImageError, OSError) as e:
-        raise CLIError(f"cannot read mask {path} ({type(e).__name__})") from None
+        raise InputError(f"cannot read mask {path} ({type(e).__name__})") from None
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class SegmentExplainer:
 
         truth = read_mask(self.o.masks / Path(key).with_suffix(".png"))
         if truth.shape != labels.shape:
-            raise CLIError(f"mask of {key} is {tuple(truth.shape)}, the image {tuple(labels.shape)}")
+            raise InputError(f"mask of {key} is {tuple(truth.shape)}, the image {tuple(labels.shape)}")
         k1 = len(self.o.prompts) + 1
         conf = confusion_matrix(labels, truth, k1, ignore_index=self.o.ignore_index)
         valid = truth != self.o.ignore_index

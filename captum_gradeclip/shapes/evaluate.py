@@ -103,10 +103,10 @@ def _score_captions(t: _Tally, s: Tensor, has_bind: bool) -> None:
 def _evaluate_batch(t: _Tally, model, processor, scenes: list, pe: Tensor, index: Dict[Tuple[str, str], int],
                     rng: random.Random) -> None:
     """Count the orderings of a batch of scenes; ``pe (P, E)`` the normalised prompt embeddings."""
-    from ..forward import _features, _normalize
+    from ..forward import features, normalize
 
     px = processor(images=[s.image for s in scenes], return_tensors="pt").pixel_values
-    ie = _normalize(_features(model.get_image_features(pixel_values=px)))
+    ie = normalize(features(model.get_image_features(pixel_values=px)))
     sims = ie @ pe.t()
     caps, groups = [], []
     for i, sc in enumerate(scenes):
@@ -118,7 +118,7 @@ def _evaluate_batch(t: _Tally, model, processor, scenes: list, pe: Tensor, index
             caps += cset
     if caps:
         ct = processor.tokenizer(caps, padding=True, return_tensors="pt")
-        ce = _normalize(_features(model.get_text_features(**ct)))
+        ce = normalize(features(model.get_text_features(**ct)))
         for i, at, has_bind in groups:
             _score_captions(t, ce[at:at + 6] @ ie[i], has_bind)
 
@@ -132,10 +132,10 @@ def evaluate(model: "CLIPModel", processor: "CLIPProcessor", n: int = 500, seed_
     Returns:
         a dict of the accuracies described in the module docstring, and the counts.
     """
-    from ..forward import _features, _normalize
+    from ..forward import features, normalize
 
     tok = processor.tokenizer(all_prompts(), padding=True, return_tensors="pt")
-    pe = _normalize(_features(model.get_text_features(**tok)))
+    pe = normalize(features(model.get_text_features(**tok)))
     index = {(c, s): i for i, (c, s) in enumerate((c, s) for c in COLOUR_NAMES for s in SHAPES)}
     rng = random.Random(1234)
     t = _Tally()
