@@ -3,6 +3,8 @@
     captum-gradeclip demo [--out demo.png]
     captum-gradeclip explain IMAGE --text "a dog" --text "a car" [--model NAME_OR_PATH] [--out fig.png]
     captum-gradeclip explain IMAGE --text "a dog" --open-clip ViT-B-32:openai
+    captum-gradeclip explain IMAGE --text "a dog" --method game --save-maps maps.npz
+    captum-gradeclip explain IMAGE --text "a dog" --last 3 --spatial cosine_per_head
     captum-gradeclip benchmark --quick
     captum-gradeclip finetune --out DIR [--ablations]
 """
@@ -12,12 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from ._io import check_output_file, open_image
 from .errors import CLIError, GradECLIPError
+from .methods import GradECLIPOptions, build
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -25,70 +27,58 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .models import LoadedCLIP
 
-__all__ = ["CLIError", "ImageConfig", "check_shapes_words", "explain", "image_maps", "main", "open_image"]
-
-
-@dataclass(frozen=True)
-class ImageConfig:
-    """Which Grad-ECLIP explains the image tower: its last ``layers`` attention layers with the
-    ``spatial`` weights (``ImageGradECLIP``'s argument)."""
-
-    layers: int = 1
-    spatial: str = "cosine"
+__all__ = ["CLIError", "DEMO_ROWS", "explain", "image_maps", "main", "save_maps"]
 
 
 #: the demo's two rows: the published default and the configuration study's choice for
 #: ShapesCLIP, each with its pointing game (15 px at 224 px) on the benchmark's 246 objects, as
-#: README.md's "Which Grad-ECLIP to run" reports them (`python benchmarks/study.py --out study.json`;
+#: the configuration study reports them (`python benchmarks/study.py --out study.json`;
 #: tests/test_readme.py checks that they match the table)
 DEMO_ROWS = (
-    ("published default:\nlast layer, spatial=cosine", ImageConfig(1, "cosine"), 0.801),
-    ("configuration study's choice:\nlast 3 layers, spatial=cosine_per_head", ImageConfig(3, "cosine_per_head"), 0.935),
+    ("published default:\nlast layer, spatial=cosine", GradECLIPOptions((-1,), "cosine"), 0.801),
+    ("configuration study's choice:\nlast 3 layers, spatial=cosine_per_head",
+     GradECLIPOptions((-3, -2, -1), "cosine_per_head"), 0.935),
 )
 
 
 def image_maps(clip: "LoadedCLIP", pixels: "Tensor", input_ids: "Tensor", attention_mask: Optional["Tensor"],
-               config: ImageConfig = ImageConfig()) -> "Tensor":
-    """Grad-ECLIP maps of ``pixels (N, 3, H, W)`` for ``T`` texts (``input_ids (T, L)``,
-    ``attention_mask (T, L)`` or ``None``) with ``config``: ``(N, T, h, w)``."""
-    from . import ImageGradECLIP
-
+               options: GradECLIPOptions = GradECLIPOptions(), method: str = "grad-eclip") -> "Tensor":
+    """Maps of ``pixels (N, 3, H, W)`` for ``T`` texts (``input_ids (T, L)``, ``attention_mask
+    (T, L)`` or ``None``) by the registered image ``method`` with Grad-ECLIP's ``options``:
+    ``(N, T, h, w)`` (pixel-space methods: ``(N, T, H, W)``)."""
     sim = clip.image_similarity(input_ids, attention_mask)
-    layers = clip.image_layers[-1] if config.layers == 1 else list(clip.image_layers[-config.layers:])
-    return ImageGradECLIP(sim, layers, spatial=config.spatial).attribute_all(pixels)
+    return build(method, clip, sim, options).attribute_all(pixels)
 
 
 def explain(clip: "LoadedCLIP", image: "Image.Image", texts: Sequence[str], caption: Optional[str] = None,
-            config: ImageConfig = ImageConfig()) -> dict:
-    """Grad-ECLIP image maps for each text, and word importances for each text (and ``caption``):
-    the image with ``config`` (default: its tower's last attention layer, a ViT's last block or
-    a ResNet's attention pool, with the cosine spatial weights), the texts at their tower's last
-    8 blocks.
+            options: GradECLIPOptions = GradECLIPOptions(), method: str = "grad-eclip") -> dict:
+    """Image maps for each text (the registered image ``method``, default Grad-ECLIP with
+    ``options``: its tower's last attention layer, a ViT's last block or a ResNet's attention pool,
+    with the cosine spatial weights), and Grad-ECLIP word importances for each text (and
+    ``caption``) at the text tower's last ``options.text_layers`` blocks.
 
     Returns:
-        dict with ``maps`` ``(T, h, w)`` (the patch grid, or the attention pool's grid),
-        ``scores`` ``(T,)`` and ``text_rows`` ``[(title, words, attributions (L_t,))]``, one row
-        per text and one for ``caption``.
+        dict with ``maps`` ``(T, h, w)`` (the patch grid, or the attention pool's grid; pixel-space
+        methods ``(T, H, W)``), ``scores`` ``(T,)`` and ``text_rows``
+        ``[(title, words, attributions (L_t,))]``, one row per text and one for ``caption``.
 
     Raises:
+        InputError: a layer outside the tower, a method this model cannot run.
         ModelError: a text tower this command does not know (open_clip with a Hugging Face text tower).
     """
     import torch
 
-    from . import TextGradECLIP
-
     all_texts = list(texts) + ([caption] if caption else [])
-    text_layers = clip.text_layers[-8:]
     pixels = clip.pixels([image])
     ids, mask = clip.tokens(all_texts)
     n = len(texts)
     sim = clip.image_similarity(ids[:n], None if mask is None else mask[:n])
-    maps = image_maps(clip, pixels, ids[:n], None if mask is None else mask[:n], config)[0]
+    maps = build(method, clip, sim, options).attribute_all(pixels)[0]
     with torch.no_grad():
         scores = sim(pixels)[0]
     tsim = clip.text_similarity(pixels)
     mask_args = None if mask is None else (mask,)
-    words = TextGradECLIP(tsim, text_layers).attribute(ids, target=0, additional_forward_args=mask_args)
+    words = build("grad-eclip", clip, tsim, options, kind="text").attribute(ids, 0, mask_args)
     eos = tsim.eos_positions(ids)
     with torch.no_grad():
         tscores = (tsim(ids) if mask is None else tsim(ids, mask))[:, 0]
@@ -98,6 +88,20 @@ def explain(clip: "LoadedCLIP", image: "Image.Image", texts: Sequence[str], capt
         rows.append((f"word importance: \"{text}\" (cos = {float(tscores[i]):.3f})",
                      clip.decode(ids[i, 1:e]), words[i, 1:e]))
     return dict(maps=maps, scores=scores, text_rows=rows)
+
+
+def save_maps(path: str, texts: Sequence[str], maps: "Tensor", scores: "Tensor", method: str) -> None:
+    """``explain --save-maps``: one float32 array per text (``(h, w)``, keyed by the text), the
+    scores ``(T,)`` under ``"__scores__"`` and the texts in order under ``"__texts__"``."""
+    import numpy as np
+
+    arrays = {t: maps[i].detach().float().cpu().numpy() for i, t in enumerate(texts)}
+    arrays["__scores__"] = scores.detach().float().cpu().numpy()
+    arrays["__texts__"] = np.array(list(texts))
+    arrays["__method__"] = np.array(method)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    print(f"wrote {path}")
 
 
 def check_texts(texts: Sequence[str]) -> None:
@@ -130,8 +134,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     pixels = clip.pixels([scene.image])
     ids, mask = clip.tokens(scene.prompts)
     rows = []
-    for label, config, pointing in DEMO_ROWS:
-        maps = image_maps(clip, pixels, ids, mask, config)[0]  # (T, h, w)
+    for label, options, pointing in DEMO_ROWS:
+        maps = image_maps(clip, pixels, ids, mask, options)[0]  # (T, h, w)
         hits = pointing_game(maps[:, None], scene.masks)
         rows.append((f"{label}\npointing game {pointing:.2f} (benchmark's\n246 objects); this scene: {int(hits.sum())} "
                      f"of {len(hits)}", maps, hits))
@@ -142,41 +146,28 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"scene: {caption}; maps on target (default, study's choice): {on_target}; {time.time() - t0:.1f} s")
 
 
-def check_shapes_words(texts: Sequence[str], allow: bool = False) -> None:
-    """Raises :class:`CLIError` for words outside ShapesCLIP's vocabulary (its tokenizer would
-    explain their letters); with ``allow``, a warning on stderr instead."""
-    from .shapes import unknown_words
-    from .shapes.model import WORDS
-
-    unknown = unknown_words(texts)
-    if not unknown:
-        return
-    msg = (f"ShapesCLIP does not know {', '.join(repr(w) for w in unknown)}: its tokenizer splits an unknown word "
-           f"into letters and the map would explain those; it knows: {' '.join(WORDS)}")
-    if not allow:
-        raise CLIError(f"{msg}. Use its words, give --model or --open-clip for a CLIP that knows yours, "
-                       "or pass --allow-unknown-words to explain the letters anyway")
-    print(f"warning: {msg}", file=sys.stderr)
-
-
 def cmd_explain(args: argparse.Namespace) -> None:
+    from .method_cli import method_and_options
+    from .methods import resolve_layers
     from .models import check_choice, load
+    from .text_checks import check_texts as check_model_texts
     from .visualization import explanation_figure
 
     check_texts(args.text)
     check_output_file(args.out)
+    if args.save_maps and not args.save_maps.endswith(".npz"):
+        raise CLIError(f"--save-maps {args.save_maps}: give a .npz file name (numpy's archive of the maps)")
     check_choice(args.model, args.open_clip)
-    if args.layers < 1:
-        raise CLIError(f"--layers must be at least 1 (the last attention layer), got {args.layers}")
+    method, options = method_and_options(args)
     image = open_image(args.image)
-    if args.model is None and args.open_clip is None:
-        check_shapes_words(args.text, args.allow_unknown_words)
     clip = load(args.model, args.open_clip)
-    if not 1 <= args.layers <= len(clip.image_layers):
-        raise CLIError(f"--layers {args.layers}: this image tower has {len(clip.image_layers)} attention layer(s)")
-    res = explain(clip, image, args.text, config=ImageConfig(args.layers, args.spatial))
+    check_model_texts(clip, args.text, allow_unknown_words=args.allow_unknown_words)
+    resolve_layers(options.layers, clip.image_layers)
+    res = explain(clip, image, args.text, options=options, method=method)
     fig = explanation_figure(image, args.text, res["maps"], res["scores"], res["text_rows"])
     _save(fig, args.out)
+    if args.save_maps:
+        save_maps(args.save_maps, args.text, res["maps"], res["scores"], method)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -185,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     from .app.cli import add_report_parser as add_report
     from .benchmark import add_parser as add_benchmark
     from .finetune.cli import add_parser as add_finetune
+    from .method_cli import add_method_args
     from .scale.cli import add_parser as add_explain_dataset
     from .segment.cli import add_parser as add_segment
 
@@ -200,13 +192,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
     e.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]",
                    help="an open_clip model instead, e.g. ViT-B-32:openai or RN50:openai (needs the open_clip extra)")
-    e.add_argument("--layers", type=int, default=1, help="explain the image tower's last N attention layers "
-                   "(default 1, the published method; ShapesCLIP's configuration study chose 3)")
-    e.add_argument("--spatial", default="cosine", choices=("cosine", "cosine_per_head", "attention", "uniform"),
-                   help="Grad-ECLIP's spatial weights (default cosine; the study chose cosine_per_head)")
+    add_method_args(e)
     e.add_argument("--allow-unknown-words", action="store_true",
                    help="ShapesCLIP only: explain texts with words outside its vocabulary (a warning, not an error)")
     e.add_argument("--out", default="explanation.png")
+    e.add_argument("--save-maps", default=None, metavar="PATH.npz",
+                   help="also write the raw maps: one array per text (keyed by the text) and the scores")
     e.set_defaults(func=cmd_explain)
     add_benchmark(sub)
     add_finetune(sub)

@@ -58,6 +58,9 @@ class LoadedCLIP:
             the last stage (``layer4``) of a ResNet.
         gradcam_name: its name, as the benchmark's method names show it.
         patch_size: a patch's side in pixels (a ResNet's total stride, 32), for occlusion windows.
+        vocabulary: the words the text tower knows, where it knows only a few (ShapesCLIP's 17);
+            ``None``: any text (its tokenizer has a piece for every word). Texts with other words
+            are refused by :func:`captum_gradeclip.text_checks.text_problems` in every command.
     """
 
     family: ClassVar[str] = ""
@@ -69,6 +72,7 @@ class LoadedCLIP:
     gradcam_layer: "nn.Module"
     gradcam_name: str
     patch_size: int
+    vocabulary: Optional[Tuple[str, ...]] = None
 
     def pixels(self, images: Sequence["Image.Image"]) -> "Tensor":
         """``N`` PIL images -> the model's input ``(N, 3, H, W)``."""
@@ -252,9 +256,12 @@ def load_shapes(path: Optional[str] = None) -> LoadedCLIP:
     Raises:
         FileNotFoundError: ``path`` holds no checkpoint.
     """
-    from .shapes import load_shapes_clip
+    import dataclasses
 
-    return wrap_hf(*load_shapes_clip(path))
+    from .shapes import load_shapes_clip
+    from .shapes.model import WORDS
+
+    return dataclasses.replace(wrap_hf(*load_shapes_clip(path)), vocabulary=tuple(WORDS))
 
 
 def load_hf(name: str) -> LoadedCLIP:

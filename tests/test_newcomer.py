@@ -26,21 +26,21 @@ def test_explain_refuses_unknown_words_on_shapes_clip_unless_allowed(tmp_path, c
     out = tmp_path / "fig.png"
     assert main(["explain", str(EXAMPLE), "--text", "a dog", "--text", "a red circle", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "ShapesCLIP does not know 'dog'" in err and "circle square triangle" in err
+    assert "text 'a dog': the model does not know 'dog'" in err and "circle square triangle" in err
     assert "--allow-unknown-words" in err and len(err.strip().splitlines()) == 1 and not out.exists()
     assert main(["explain", str(EXAMPLE), "--text", "a dog", "--allow-unknown-words", "--out", str(out)]) == 0
-    assert "warning: ShapesCLIP does not know 'dog'" in capsys.readouterr().err and out.is_file()
+    assert "warning: the model does not know 'dog'" in capsys.readouterr().err and out.is_file()
 
 
 def test_readme_example_image_runs_and_loads_without_a_progress_bar(tmp_path, capsys):
     out = tmp_path / "explanation.png"
     assert main(["explain", str(EXAMPLE), "--text", "a green triangle", "--text", "a blue cross",
-                 "--layers", "3", "--spatial", "cosine_per_head", "--out", str(out)]) == 0
+                 "--last", "3", "--spatial", "cosine_per_head", "--out", str(out)]) == 0
     assert out.is_file()
     err = capsys.readouterr().err
     assert "Loading weights" not in err, err
-    assert main(["explain", str(EXAMPLE), "--text", "a blue cross", "--layers", "0"]) == 2
-    assert "--layers must be at least 1" in capsys.readouterr().err
+    assert main(["explain", str(EXAMPLE), "--text", "a blue cross", "--last", "0"]) == 2
+    assert "--last must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "unreachable"])

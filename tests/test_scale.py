@@ -66,7 +66,7 @@ def test_rows_are_attribute_all_of_each_batch(tmp_path, clip):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["totals"] == {"shards": 2, "rows": 15, "errors": 0}
     assert [s["rows"] for s in manifest["shards"]] == [9, 6]
-    assert manifest["config"]["explainer"]["method"] == "ImageGradECLIP"
+    assert manifest["config"]["explainer"]["method"] == "grad-eclip"
     assert "torch" in manifest["versions"]
 
 

@@ -11,9 +11,12 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from ..errors import CLIError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .explain import ExplainerOptions
 
 
 def work_items(args: argparse.Namespace) -> List[Any]:
@@ -38,22 +41,25 @@ def work_items(args: argparse.Namespace) -> List[Any]:
     return prompt_items(root, read_prompts(args.prompts))
 
 
-def method_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """The :class:`~.explain.CLIPExplainer` options the flags choose."""
-    return dict(layers=list(args.layers), spatial=args.spatial, single_head=args.single_head,
-                text_maps=args.text_maps, text_chunk=args.text_chunk)
+def method_options(args: argparse.Namespace) -> "ExplainerOptions":
+    """The :class:`~.explain.ExplainerOptions` the flags choose (``--method`` and Grad-ECLIP's
+    options parsed as in every command: :mod:`captum_gradeclip.method_cli`)."""
+    from ..method_cli import method_and_options
+    from .explain import ExplainerOptions
+
+    method, gradeclip = method_and_options(args)
+    return ExplainerOptions(method=method, gradeclip=gradeclip, text_maps=args.text_maps, text_chunk=args.text_chunk,
+                            allow_unknown_words=args.allow_unknown_words)
 
 
 def job_description(args: argparse.Namespace, items: List[Any]) -> Dict[str, Any]:
     """What identifies the job (besides its sizes): the model, the method, the work list's hash."""
-    from .explain import CLIPExplainer
-
     digest = hashlib.sha256(json.dumps([[it.image, list(it.texts)] for it in items]).encode()).hexdigest()
     inputs = "pairs" if args.pairs else "class-prompts" if args.class_prompts else "prompts"
     outside = {"allow_outside_images": True} if args.pairs and args.allow_outside_images else {}
     return {"model": {"hf": args.model, "open_clip": args.open_clip,
                       "name": args.open_clip or args.model or "ShapesCLIP (shipped)"},
-            "explainer": CLIPExplainer.describe(**method_options(args)),
+            "explainer": method_options(args).describe(),
             "inputs": {"kind": inputs, "work_list_sha256": digest,
                        "texts": sum(len(it.texts) for it in items), **outside}}
 
@@ -68,6 +74,7 @@ def check_flags(args: argparse.Namespace) -> None:
     from ..models import check_choice
 
     check_choice(args.model, args.open_clip)
+    method_options(args)  # the method flags (CLIError for a bad --layers, a Grad-ECLIP flag with another method)
     if min(args.batch_size, args.shard_size, args.text_chunk) < 1:
         raise CLIError(f"--batch-size, --shard-size and --text-chunk must be >= 1, got {args.batch_size}, "
                        f"{args.shard_size} and {args.text_chunk}")
@@ -85,17 +92,18 @@ def _load_explainer(args: argparse.Namespace, device: str) -> Any:
     """The model on ``device`` and its :class:`~.explain.CLIPExplainer`.
 
     Raises:
-        CLIError: the model does not load, or ``--layers`` out of its range.
+        InputError: the model does not load, or ``--layers`` out of its range.
     """
     from ..models import load
     from .explain import CLIPExplainer
 
+    from ..methods import resolve_layers
+
+    options = method_options(args)
     clip = load(args.model, args.open_clip)
     clip.model.to(device)
-    n_layers = len(clip.image_layers)
-    if any(not -n_layers <= i < n_layers for i in args.layers):
-        raise CLIError(f"--layers must index the image tower's {n_layers} attention layers, got {args.layers}")
-    return clip, CLIPExplainer(clip, device=device, **method_options(args))
+    resolve_layers(options.gradeclip.layers, clip.image_layers)  # InputError naming the range
+    return clip, CLIPExplainer(clip, device=device, options=options)
 
 
 def cmd_explain_dataset(args: argparse.Namespace) -> None:
@@ -147,6 +155,8 @@ def _explain_dataset(args: argparse.Namespace, out: Path) -> None:
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
     """Add the ``explain-dataset`` command to the ``captum-gradeclip`` subcommands ``sub``."""
+    from ..method_cli import add_method_args
+
     p = sub.add_parser("explain-dataset", help="explain a whole image folder into Parquet shards "
                        "(sharded over torchrun's processes, resumable)")
     p.add_argument("--images", default=None, help="image folder (recursive: .jpg .jpeg .png .webp .bmp)")
@@ -161,10 +171,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                    help="with --pairs: read images the pairs file names outside --images (absolute or ../ paths)")
     p.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
     p.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]", help="an open_clip model instead")
-    p.add_argument("--layers", type=int, nargs="+", default=[-1],
-                   help="image attention layers to explain, as indices (default: -1, the last)")
-    p.add_argument("--spatial", default="cosine", choices=["cosine", "cosine_per_head", "attention", "uniform"])
-    p.add_argument("--single-head", action="store_true", help="the authors' single-head reproduction mode")
+    add_method_args(p)
+    p.add_argument("--allow-unknown-words", action="store_true",
+                   help="explain texts with words outside a small vocabulary (ShapesCLIP's) instead of error rows")
     p.add_argument("--text-maps", action="store_true", help="also write word maps (words, word_map)")
     p.add_argument("--text-chunk", type=int, default=64,
                    help="texts explained per backward (default 64): bounds memory for many prompts")

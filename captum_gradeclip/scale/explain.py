@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+from ..methods import GradECLIPOptions, build, get_method
+from ..text_checks import text_problems
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedCLIP
 
@@ -65,21 +69,6 @@ def _rows(maps: Tensor, scores: Tensor, columns: Dict[str, int], texts: Sequence
             for n, ts in enumerate(texts)]
 
 
-def token_count(clip: "LoadedCLIP", text: str) -> Tuple[int, Optional[int]]:
-    """``(tokens of text with its start and end tokens, the text tower's context)``; the context
-    is ``None`` where this tokenizer does not tell (then nothing is refused)."""
-    tok = clip.tokenizer
-    if hasattr(tok, "model_max_length") and callable(tok):  # Hugging Face
-        config = getattr(getattr(clip.model, "config", None), "text_config", None)
-        limit = getattr(config, "max_position_embeddings", None) or tok.model_max_length
-        return len(tok(text, truncation=False, verbose=False).input_ids), limit
-    inner = getattr(tok, "tokenizer", tok)  # open_clip / OpenAI: SimpleTokenizer with .encode
-    limit = getattr(tok, "context_length", None) or getattr(inner, "context_length", None)
-    if limit is None or not hasattr(inner, "encode"):
-        return 0, None
-    return len(inner.encode(text)) + 2, limit
-
-
 class AttributeAllExplainer:
     """Any attribution with ``attribute_all(pixels (N, 3, H, W)) -> (N, K, h, w)`` whose ``K``
     columns are the fixed ``texts``: every image of the dataset must ask for texts among them.
@@ -105,96 +94,107 @@ class AttributeAllExplainer:
 
 @dataclass(frozen=True)
 class ExplainerOptions:
-    """The method options of :class:`CLIPExplainer`, declared once: the explainer takes them, a
-    job's configuration records them (:meth:`describe`).
+    """What :class:`CLIPExplainer` computes, declared once: the explainer takes it, a job's
+    configuration records it (:meth:`describe`).
 
     Attributes:
-        layers: indices into ``clip.image_layers`` (default: the last).
-        spatial, single_head: as in :class:`~captum_gradeclip.ImageGradECLIP`.
-        text_maps: also explain each text against its image: ``TextGradECLIP`` on the text
-            tower's last ``text_layers`` blocks (one more image forward, and a text forward and
+        method: an image method of :mod:`captum_gradeclip.methods`' registry (default ``"grad-eclip"``).
+        gradeclip: Grad-ECLIP's settings (layers, spatial, relu, single_head, text_layers), the
+            same record every command uses; the other methods ignore it.
+        text_maps: also explain each text against its image: Grad-ECLIP on the text tower's last
+            ``gradeclip.text_layers`` blocks (one more image forward, and a text forward and
             backward, per batch).
         text_chunk: texts explained per backward (bounds memory for many prompts).
+        allow_unknown_words: explain texts with words outside a small vocabulary (ShapesCLIP's)
+            instead of making them error rows.
 
     Raises:
-        ValueError: ``text_chunk`` below 1.
+        ValueError: ``text_chunk`` below 1, an unknown method.
     """
 
-    layers: Tuple[int, ...] = (-1,)
-    spatial: str = "cosine"
-    single_head: bool = False
+    method: str = "grad-eclip"
+    gradeclip: GradECLIPOptions = GradECLIPOptions()
     text_maps: bool = False
-    text_layers: int = 8
     text_chunk: int = 64
+    allow_unknown_words: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(self.layers))
+        get_method(self.method)
         if self.text_chunk < 1:
-            raise ValueError(f"text_chunk must be at least 1, got {self.text_chunk}")
+            raise InputError(f"text_chunk must be at least 1, got {self.text_chunk}")
 
     def describe(self) -> Dict[str, Any]:
         """The options as a job's configuration records them."""
-        return {"method": "ImageGradECLIP", "layers": list(self.layers), "spatial": self.spatial,
-                "single_head": bool(self.single_head), "text_maps": bool(self.text_maps),
-                "text_layers": self.text_layers if self.text_maps else None, "text_chunk": self.text_chunk}
+        g = self.gradeclip
+        described = {"method": self.method, "text_maps": bool(self.text_maps),
+                     "text_layers": g.text_layers if self.text_maps else None, "text_chunk": self.text_chunk}
+        if get_method(self.method).uses_options or self.text_maps:
+            described.update(g.describe())
+        if self.allow_unknown_words:
+            described["allow_unknown_words"] = True
+        return described
+
+
+def explainer_options(method: str = "grad-eclip", *, layers: Sequence[int] = (-1,), spatial: str = "cosine",
+                      single_head: bool = False, relu: bool = True, text_layers: int = 8,
+                      **options: Any) -> ExplainerOptions:
+    """:class:`ExplainerOptions` from flat keywords (``layers``, ``spatial``, ... go into its
+    :class:`~captum_gradeclip.methods.GradECLIPOptions`); a ``gradeclip=`` record is taken as is."""
+    if "gradeclip" not in options:
+        options["gradeclip"] = GradECLIPOptions(tuple(layers), spatial, relu, single_head, text_layers)
+    return ExplainerOptions(method=method, **options)
 
 
 class CLIPExplainer:
-    """Grad-ECLIP image maps (and, with ``text_maps``, word maps) for a loaded CLIP.
+    """Maps of a registered image method (default Grad-ECLIP) and, with ``text_maps``, Grad-ECLIP
+    word maps, for a loaded CLIP: the engine's batch explainer.
 
     Args:
         clip: the model, its preprocessing and layers.
         device: where the inputs go (the model must already be there).
-        **options: :class:`ExplainerOptions` (``layers``, ``spatial``, ``single_head``,
-            ``text_maps``, ``text_layers``, ``text_chunk``).
+        options: an :class:`ExplainerOptions`; or, instead, its fields as keywords (``method``,
+            ``text_maps``, ``text_chunk``, ``allow_unknown_words``) with Grad-ECLIP's
+            (``layers``, ``spatial``, ``single_head``, ``relu``, ``text_layers``) flat or as
+            ``gradeclip=GradECLIPOptions(...)``.
     """
 
-    def __init__(self, clip: "LoadedCLIP", *, device: Any = "cpu", **options: Any) -> None:
-        self.clip, self.options, self.device = clip, ExplainerOptions(**options), torch.device(device)
+    def __init__(self, clip: "LoadedCLIP", *, device: Any = "cpu", options: Optional[ExplainerOptions] = None,
+                 **keywords: Any) -> None:
+        self.clip, self.device = clip, torch.device(device)
+        self.options = options if options is not None else explainer_options(**keywords)
         self.text_maps = self.options.text_maps
         self._cached: Dict[Tuple[str, ...], Any] = {}
         self._lengths: Dict[str, Tuple[int, Optional[int]]] = {}
 
     @staticmethod
-    def describe(**options: Any) -> Dict[str, Any]:
-        """The method options (:class:`ExplainerOptions`) as a job's configuration records them
+    def describe(**keywords: Any) -> Dict[str, Any]:
+        """The options (:func:`explainer_options`' keywords) as a job's configuration records them
         (before loading a model)."""
-        return ExplainerOptions(**options).describe()
+        return explainer_options(**keywords).describe()
 
     def config(self) -> Dict[str, Any]:
-        """:meth:`describe` of this explainer's options."""
+        """:meth:`ExplainerOptions.describe` of this explainer's options."""
         return self.options.describe()
 
     def refused_texts(self, texts: Sequence[str]) -> Dict[str, str]:
-        """The texts longer than the text tower's context (the tokenizer would cut them, and the
-        map would be of another text than the row says), each with the reason: the engine makes
-        them error rows (``"code": "text_too_long"``) and counts them in the manifest."""
-        out = {}
-        for t in texts:
-            if t not in self._lengths:
-                self._lengths[t] = token_count(self.clip, t)
-            n, limit = self._lengths[t]
-            if limit is not None and n > limit:
-                out[t] = (f"the text is {n} tokens, longer than the model's context of {limit}: it would be "
-                          "explained cut short; shorten it")
-        return out
+        """The texts the model cannot explain as written (:func:`~captum_gradeclip.text_checks.text_problems`:
+        longer than the text tower's context, words outside a small vocabulary), each with the
+        reason: the engine makes them error rows and counts them in the manifest."""
+        return text_problems(self.clip, texts, allow_unknown_words=self.options.allow_unknown_words,
+                             cache=self._lengths)
 
     def _tokens(self, texts: Sequence[str]) -> Tuple[Tensor, Optional[Tensor]]:
         ids, mask = self.clip.tokens(texts)
         return ids.to(self.device), None if mask is None else mask.to(self.device)
 
     def _image_explainer(self, union: Tuple[str, ...]) -> Any:
-        """The ``ImageGradECLIP`` whose columns are ``union`` (kept while the texts stay the same:
-        a ``--prompts`` job embeds its prompts once)."""
-        from .._core import ImageGradECLIP
-
+        """The method's :class:`~captum_gradeclip.methods.Explainer` whose columns are ``union``
+        (kept while the texts stay the same: a ``--prompts`` job embeds its prompts once)."""
         if union not in self._cached:
             if len(self._cached) >= 64:  # per-image texts (--pairs): keep the cache bounded
                 self._cached.clear()
             sim = self.clip.image_similarity(*self._tokens(union))
-            layers = [self.clip.image_layers[i] for i in self.options.layers]
-            self._cached[union] = ImageGradECLIP(sim, layers if len(layers) > 1 else layers[0],
-                                                 spatial=self.options.spatial, single_head=self.options.single_head)
+            self._cached[union] = build(self.options.method, self.clip, sim, self.options.gradeclip)
         return self._cached[union]
 
     def __call__(self, pixels: Tensor, texts: Sequence[Sequence[str]]) -> Rows:
@@ -215,12 +215,9 @@ class CLIPExplainer:
     def _add_word_maps(self, rows: Rows, pixels: Tensor, union: Tuple[str, ...], columns: Dict[str, int]) -> None:
         """``words`` and ``word_map (W,)`` (SOS and EOS excluded) of every row: each text against
         every image of the batch in one ``TextGradECLIP.attribute_all``."""
-        from .._core import TextGradECLIP
-
         ids, mask = self._tokens(union)
         tsim = self.clip.text_similarity(pixels)
-        expl = TextGradECLIP(tsim, self.clip.text_layers[-self.options.text_layers:],
-                             spatial=self.options.spatial, single_head=self.options.single_head)
+        expl = build("grad-eclip", self.clip, tsim, self.options.gradeclip, kind="text")
         words = expl.attribute_all(ids, additional_forward_args=None if mask is None else (mask,))
         words = words.to("cpu", torch.float32)  # (T, N, L)
         eos = tsim.eos_positions(ids).tolist()
