@@ -22,21 +22,19 @@ from .methods import SPATIAL, GradECLIPOptions, get_method, method_names
 
 __all__ = ["add_method_args", "method_and_options", "methods_and_options"]
 
-_DEFAULTS = GradECLIPOptions()
-
-
 def add_method_args(p: argparse.ArgumentParser, *, many: bool = False, default: Optional[str] = "grad-eclip",
                     choices: Optional[List[str]] = None) -> None:
     """Add ``--method NAME`` (``many``: ``--methods NAME...``) and Grad-ECLIP's option flags to ``p``.
 
-    ``choices`` defaults to every registered image method (read when the parser is built, so a
-    method registered from outside the package is offered)."""
+    ``choices`` (for the help text) defaults to every registered image method, read when the parser
+    is built, so a method registered from outside the package is offered; the names are checked by
+    :func:`method_and_options` (one line naming the methods, not argparse's usage block)."""
     names = choices if choices is not None else method_names("image")
     if many:
-        p.add_argument("--methods", nargs="+", default=None, metavar="NAME", choices=names,
+        p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
                        help=f"methods to run, by name (default: all): {', '.join(names)}")
     else:
-        p.add_argument("--method", default=default, choices=names, metavar="NAME",
+        p.add_argument("--method", default=default, metavar="NAME",
                        help=f"the explanation method (default {default}): {', '.join(names)}")
     g = p.add_argument_group("Grad-ECLIP options (the same in every command)")
     layers = g.add_mutually_exclusive_group()
@@ -88,6 +86,7 @@ def method_and_options(args: argparse.Namespace) -> Tuple[str, GradECLIPOptions]
     """
     options, set_flags = _options(args)
     name = args.method
+    get_method(name)  # InputError: unknown, listing the registered names
     if set_flags and not get_method(name).uses_options:
         raise CLIError(f"{', '.join(set_flags)}: Grad-ECLIP's options do not apply to --method {name}")
     return name, options
@@ -96,9 +95,7 @@ def method_and_options(args: argparse.Namespace) -> Tuple[str, GradECLIPOptions]
 def methods_and_options(args: argparse.Namespace) -> Tuple[Optional[List[str]], GradECLIPOptions]:
     """``(--methods or None for all, GradECLIPOptions)`` from ``add_method_args(p, many=True)``."""
     options, _ = _options(args)
-    return (list(dict.fromkeys(args.methods)) if args.methods else None), options
-
-
-def check_unused(options: GradECLIPOptions) -> bool:
-    """Whether ``options`` are Grad-ECLIP's defaults."""
-    return options == _DEFAULTS
+    names = list(dict.fromkeys(args.methods)) if args.methods else None
+    for name in names or ():
+        get_method(name)
+    return names, options

@@ -318,11 +318,11 @@ def _text_lig(clip: "LoadedCLIP", tsim: "nn.Module", o: GradECLIPOptions) -> Exp
 
 for _m in (
     Method("grad-eclip", "image", "all-prompts", "Grad-ECLIP", _grad_eclip, uses_options=True),
-    Method("game", "image", "all-prompts", "GAME (Chefer et al.)", _on("GAME", "all")),
-    Method("maskclip", "image", "all-prompts", "MaskCLIP", _on("MaskCLIP", "last")),
+    Method("cls-attention", "image", "all-prompts", "CLS attention", _on("CLSAttention", "last")),
     Method("rollout", "image", "all-prompts", "Attention rollout", _on("AttentionRollout", "all")),
     Method("token-gradcam", "image", "all-prompts", "Token Grad-CAM", _token_gradcam),
-    Method("cls-attention", "image", "all-prompts", "CLS attention", _on("CLSAttention", "last")),
+    Method("game", "image", "all-prompts", "GAME (Chefer et al.)", _on("GAME", "all")),
+    Method("maskclip", "image", "all-prompts", "MaskCLIP", _on("MaskCLIP", "last")),
     Method("rise", "image", "per-prompt", "RISE (500 masks)", _rise, pixel_space=True),
     Method("layer-gradcam", "image", "per-prompt", "Captum LayerGradCam", _layer_gradcam),
     Method("integrated-gradients", "image", "per-prompt", "Captum IntegratedGradients (50 steps, |.| summed)",

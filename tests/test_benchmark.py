@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from captum_gradeclip.benchmark import methods, report
 from captum_gradeclip.models import load_shapes
 from captum_gradeclip.shapes import render_scene
@@ -23,8 +25,11 @@ def test_method_registry_and_filter():
     names = list(methods.image_methods(clip, sim))
     assert names[0] == "Grad-ECLIP (cosine, default)" and "Token Grad-CAM" in names
     assert "Captum LayerGradCam (patch embedding)" in names and len(names) == 14
-    picked = methods.select(methods.image_methods(clip, sim), ["cosine, default", "cls ATTENTION"])
+    picked = methods.select(methods.image_methods(clip, sim), ["grad-eclip", "cls-attention"])
     assert list(picked) == ["Grad-ECLIP (cosine, default)", "CLS attention"]
+    assert [n.key for n in names] == methods.method_keys()  # --methods takes exactly these, one per method
+    with pytest.raises(ValueError, match="'cosine' names no method; the methods are: grad-eclip, "):
+        methods.select(methods.image_methods(clip, sim), ["cosine"])  # exact names, no substrings
     assert methods.select({"a": 1}, None) == {"a": 1}
     tsim = clip.text_similarity(clip.pixels([render_scene(seed=0).image]))
     assert list(methods.text_methods(clip, tsim)) == [

@@ -77,7 +77,7 @@ def test_benchmark_folder_mode(tmp_path):
     prompts.write_text("a red circle\na blue square\na green bar\n")
     out = tmp_path / "bench"
     assert main(["benchmark", "--images", str(imgs), "--prompts", str(prompts), "--step", "0.25",
-                 "--methods", "cosine, default", "CLS attention", "--out-dir", str(out)]) == 0
+                 "--methods", "grad-eclip", "cls-attention", "--out-dir", str(out)]) == 0
     res = json.loads((out / "benchmark.json").read_text())
     assert res["images"] == 2 and set(res["image"]) == {"Grad-ECLIP (cosine, default)", "CLS attention"}
 
@@ -111,7 +111,7 @@ def test_benchmark_folder_mode_with_open_clip(tmp_path, capsys):
     prompts.write_text("a red circle\na blue square\n")
     out = tmp_path / "bench"
     assert main(["benchmark", "--open-clip", "ViT-B-32", "--images", str(imgs), "--prompts", str(prompts),
-                 "--step", "0.25", "--methods", "cosine, default", "GAME", "LayerGradCam", "--out-dir", str(out)]) == 0
+                 "--step", "0.25", "--methods", "grad-eclip", "game", "layer-gradcam", "--out-dir", str(out)]) == 0
     res = json.loads((out / "benchmark.json").read_text())
     assert set(res["image"]) == {"Grad-ECLIP (cosine, default)", "GAME (Chefer et al.)",
                                  "Captum LayerGradCam (patch embedding)"}

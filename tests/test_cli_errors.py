@@ -128,7 +128,7 @@ def test_benchmark_unknown_method_and_word_replacement(tmp_path, capsys):
     out = tmp_path / "b"
     assert main(["benchmark", "--n", "1", "--methods", "no-such-method", "--out-dir", str(out), "--no-memory"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "'no-such-method' matches no method" in err and "Grad-ECLIP (cosine, default)" in err
+    assert "'no-such-method' names no method" in err and "grad-eclip, grad-eclip:spatial=cosine_per_head" in err
     assert main(["benchmark", "--n", "1", "--word-replacement", "zzzq", "--out-dir", str(out), "--no-memory"]) == 2
     assert "not one token" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (out / "benchmark.json").exists()
@@ -145,7 +145,7 @@ def test_folder_benchmark_skips_a_truncated_image(tmp_path, capsys):
     prompts.write_text("a red circle\na blue square\n")
     out = tmp_path / "b"
     assert main(["benchmark", "--images", str(imgs), "--prompts", str(prompts), "--step", "0.5",
-                 "--methods", "cosine, default", "--out-dir", str(out)]) == 0
+                 "--methods", "grad-eclip", "--out-dir", str(out)]) == 0
     res = json.loads((out / "benchmark.json").read_text())
     assert res["images"] == 1 and res["skipped"] == ["1.jpg"]
     assert "skipped 1 unreadable image(s): 1.jpg" in capsys.readouterr().out

@@ -112,7 +112,7 @@ def test_folder_benchmark_on_two_processes_reports_what_one_does(job):
     for f in sorted(images.glob("*.png"))[:4] + [images / "sub" / "broken.png"]:
         (flat / f.name).write_bytes(f.read_bytes())
     bench = ["benchmark", "--images", str(flat), "--prompts", str(prompts), "--step", "0.25", "--batch", "2",
-             "--methods", "cosine, default", "CLS attention"]
+             "--methods", "grad-eclip", "cls-attention"]
     assert main([*bench, "--out-dir", str(root / "bench1")]) == 0
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         "-m", "captum_gradeclip", *bench, "--out-dir", str(root / "bench2")],

@@ -587,9 +587,9 @@ def test_k7_benchmark_failed_start_leaves_no_state(root, tmp_path, capsys):
              "--out-dir", tmp_path / "b"]
     code, err = _cli(capsys, bench + ["--methods", "no such method"])
     assert code == 2
-    _one_line(err, "matches no method")
+    _one_line(err, "names no method")
     assert not (tmp_path / "b" / "curves" / "config.json").exists()
-    code, err = _cli(capsys, bench + ["--methods", "CLS attention"])
+    code, err = _cli(capsys, bench + ["--methods", "cls-attention"])
     assert code == 0, err
 
 

@@ -42,7 +42,16 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _methods(args: argparse.Namespace) -> Optional[Tuple[str, ...]]:
-    return None if args.methods is None else tuple(args.methods)
+    """``--methods`` as exact names (checked before any work: one line listing the names)."""
+    from .methods import method_keys
+
+    if args.methods is None:
+        return None
+    keys = method_keys()
+    unknown = [m for m in args.methods if m not in keys]
+    if unknown:
+        raise CLIError(f"--methods {unknown[0]!r} names no method; the methods are: {', '.join(keys)}")
+    return tuple(dict.fromkeys(args.methods))
 
 
 def shapes_config(args: argparse.Namespace) -> ShapesConfig:
@@ -97,7 +106,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     b.add_argument("--step", type=float, default=_F.step, help="share of pixels per deletion/insertion step")
     b.add_argument("--replacement", default=_F.replacement, choices=["noise", "black", "blur", "mean"])
     b.add_argument("--word-replacement", default=_S.word_replacement, help="token replacing deleted words")
-    b.add_argument("--methods", nargs="*", default=None, help="only methods whose name contains one of these")
+    from .methods import method_keys
+
+    keys = method_keys()
+    b.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                   help=f"only these methods, by name (default: all): {', '.join(keys)}")
     b.add_argument("--batch", type=int, default=_S.batch, help="examples explained per call")
     b.add_argument("--examples", type=int, default=_S.examples)
     b.add_argument("--model", default=None, help="hub name or folder (default: ShapesCLIP)")

@@ -16,11 +16,6 @@ from typing import Any, Callable, List, Sequence, Tuple
 
 from ..errors import CLIError
 
-#: ``--method`` -> (class name in :mod:`captum_gradeclip` / ``.baselines``, explained layers: "last" or "all").
-METHODS = {"grad-eclip": ("ImageGradECLIP", "last"), "maskclip": ("MaskCLIP", "last"), "game": ("GAME", "all"),
-           "token-gradcam": ("TokenGradCAM", "last"), "cls-attention": ("CLSAttention", "last")}
-
-
 class KeyedImages:
     """``[i] -> (key, (3, H, W) uint8, (key,))``: the image at its own size; the key travels as
     the text so that the explainer can name its PNGs and find its mask."""
@@ -68,28 +63,22 @@ def images_of(args: argparse.Namespace) -> KeyedImages:
     return KeyedImages(keys, _Opener(Path(args.images), keys))
 
 
-def attribution(clip: Any, sim: Any, method: str, single_head: bool) -> Any:
-    import captum_gradeclip
-    from captum_gradeclip import baselines
-
-    name, layers = METHODS[method]
-    cls = getattr(captum_gradeclip, name, None) or getattr(baselines, name)
-    layer = clip.image_layers[-1] if layers == "last" else clip.image_layers
-    return cls(sim, layer, single_head=True) if single_head and method == "grad-eclip" else cls(sim, layer)
-
-
 def cmd_segment(args: argparse.Namespace) -> None:
     """Run the job on this rank; rank 0 writes ``OUT/scores.json`` (with ``--masks``) and prints."""
     from .. import distributed as dist
     from ..benchmark.imagenet import map_input_for
+    from ..method_cli import method_and_options
+    from ..methods import build, resolve_layers
     from ..models import check_choice, load
     from ..scale.data import read_prompts
+    from ..text_checks import check_texts
     from ..scale.engine import job_config, prepared, run
     from ..scale.store import require_pyarrow
     from .job import SegmentExplainer, SegmentOptions, summarise
 
     require_pyarrow("segment")
     check_choice(args.model, args.open_clip)
+    method, options = method_and_options(args)
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise CLIError(f"--threshold must be in [0, 1] (maps are normalised), got {args.threshold}")
     prompts = read_prompts(args.prompts)
@@ -101,15 +90,17 @@ def cmd_segment(args: argparse.Namespace) -> None:
     opts = SegmentOptions(tuple(prompts), tuple(background), args.threshold, args.normalise, out,
                           Path(args.masks) if args.masks else None, args.ignore_index)
     config = {"model": {"hf": args.model, "open_clip": args.open_clip}, "images": data.keys,
-              "method": args.method, "single_head": args.single_head, "map_input": args.map_input,
+              "method": method, "gradeclip": options.describe(), "map_input": args.map_input,
               "options": SegmentExplainer.describe(opts)}
     with dist.session("cpu") as ranks:
         with prepared(out, job_config(config, len(data), args.shard_size, args.batch_size), ranks):
             clip = load(args.model, args.open_clip)
+            check_texts(clip, prompts + background, allow_unknown_words=args.allow_unknown_words)
+            resolve_layers(options.layers, clip.image_layers)
             sim = clip.image_similarity(*clip.tokens(prompts + background))
             if hasattr(sim, "interpolate_pos_encoding"):
                 sim.interpolate_pos_encoding = True
-            explainer = SegmentExplainer(attribution(clip, sim, args.method, args.single_head),
+            explainer = SegmentExplainer(build(method, clip, sim, options),
                                          map_input_for(clip, args.map_input), opts)
         summary = run(data, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
                       num_workers=1, progress=not args.no_progress)
@@ -125,14 +116,17 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
     """Add the ``segment`` command to the ``captum-gradeclip`` subcommands ``sub``."""
+    from ..method_cli import add_method_args
+
     p = sub.add_parser("segment", help="open-vocabulary segmentation from maps (label PNGs; mIoU with --masks)")
     p.add_argument("--images", default=None, help="image folder (recursive)")
     p.add_argument("--prompts", required=True, help="class prompts, one per line: line k is label k (0: background)")
     p.add_argument("--background-prompts", default=None, help="prompts that mark background when they win")
     p.add_argument("--threshold", type=float, default=0.5, help="background below this normalised map (default 0.5)")
     p.add_argument("--normalise", default="joint", choices=["joint", "per_prompt"])
-    p.add_argument("--method", default="grad-eclip", choices=sorted(METHODS))
-    p.add_argument("--single-head", action="store_true", help="Grad-ECLIP: the authors' single-head mode")
+    add_method_args(p)
+    p.add_argument("--allow-unknown-words", action="store_true",
+                   help="explain prompts with words outside a small vocabulary (ShapesCLIP's) anyway")
     p.add_argument("--map-input", default="native", choices=["native", "model"],
                    help="maps at the image's resolution (resized to patch multiples) or at the model's input size")
     p.add_argument("--masks", default=None, help="index PNGs at the images' relative paths: score the labels")
