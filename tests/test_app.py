@@ -17,7 +17,8 @@ from conftest import hook_count
 
 from captum_gradeclip import ImageGradECLIP
 from captum_gradeclip.app import AppInputError, ExplainRequest, GradECLIPOptions, explain
-from captum_gradeclip.app.methods import METHODS
+from captum_gradeclip.app.methods import methods
+from captum_gradeclip.methods import get_method
 from captum_gradeclip.app.ui import parse_layers, read_upload, run_explain
 from captum_gradeclip.cli import main
 from captum_gradeclip.shapes import render_scene
@@ -53,26 +54,29 @@ def reference(clip, image, prompts, layers=(-1,), **kw):
 
 @pytest.mark.parametrize("options", [GradECLIPOptions(), GradECLIPOptions((-2, -1), "attention", False)])
 def test_grad_eclip_maps_equal_attribute_all(clip, scene, options):
-    exp = explain(clip, scene.image, ExplainRequest(tuple(scene.prompts), ("Grad-ECLIP", "MaskCLIP"), "", options))
+    exp = explain(clip, scene.image, ExplainRequest(tuple(scene.prompts), ("grad-eclip", "maskclip"), "", options))
     ref, scores = reference(clip, scene.image, scene.prompts, options.layers, spatial=options.spatial,
                             relu=options.relu)
-    assert close(exp.maps["Grad-ECLIP"], ref)
+    assert close(exp.maps["grad-eclip"], ref)
     assert torch.equal(exp.scores, scores)  # the model's own output
-    assert set(exp.seconds) == {"Grad-ECLIP", "MaskCLIP"} and all(s > 0 for s in exp.seconds.values())
+    assert set(exp.seconds) == {"grad-eclip", "maskclip"} and all(s > 0 for s in exp.seconds.values())
     if not options.relu:
-        assert (exp.maps["Grad-ECLIP"] < 0).any()
+        assert (exp.maps["grad-eclip"] < 0).any()
 
 
 def test_every_method_gives_one_map_per_prompt_and_leaves_the_model_alone(clip, scene):
     model = clip.model
     before = [p.requires_grad for p in model.parameters()]
-    cheap = METHODS[:-1]  # all but IntegratedGradients (T x 32 passes), run below on one prompt
+    every = methods()
+    assert every[0] == "grad-eclip" and {"game", "maskclip", "layer-gradcam", "integrated-gradients"} <= set(every)
+    cheap = tuple(m for m in every if m != "integrated-gradients")  # IG: T x 50 passes, run below on one prompt
     exp = explain(clip, scene.image, ExplainRequest(tuple(scene.prompts[:2]), cheap, scene.caption()))
-    ig = explain(clip, scene.image, ExplainRequest(tuple(scene.prompts[:1]), METHODS[-1:]))
+    ig = explain(clip, scene.image, ExplainRequest(tuple(scene.prompts[:1]), ("integrated-gradients",)))
     assert hook_count(model) == 0 and [p.requires_grad for p in model.parameters()] == before
     for m in cheap:
-        assert exp.maps[m].shape == (2, 8, 8) and torch.isfinite(exp.maps[m]).all(), m
-    assert ig.maps[METHODS[-1]].shape == (1, 64, 64)  # IntegratedGradients: pixel space
+        shape = (2, 64, 64) if get_method(m).pixel_space else (2, 8, 8)
+        assert exp.maps[m].shape == shape and torch.isfinite(exp.maps[m]).all(), m
+    assert ig.maps["integrated-gradients"].shape == (1, 64, 64)  # IntegratedGradients: pixel space
     assert exp.words is not None and exp.words.words == scene.caption().split()
     assert exp.words.importances.shape == (len(exp.words.words),)
     assert len(exp.arrays()) == 2 * len(cheap)
@@ -83,9 +87,12 @@ def test_every_method_gives_one_map_per_prompt_and_leaves_the_model_alone(clip, 
     (ExplainRequest(()), "at least one prompt"),
     (ExplainRequest(("a red circle", " ")), "blank"),
     (ExplainRequest(("a red circle",), ()), "at least one method"),
-    (ExplainRequest(("a red circle",), ("LIME",)), "unknown method 'LIME'"),
-    (ExplainRequest(("a photo of a dog",)), "\"photo\""),
-    (ExplainRequest(("a red circle",), caption="a red zebra"), "\"zebra\""),
+    (ExplainRequest(("a red circle",), ("LIME",)), "unknown image method 'LIME'"),
+    (ExplainRequest(("a photo of a dog",)), "does not know 'photo', 'of', 'dog'"),
+    (ExplainRequest(("a red circle",), caption="a red zebra"), "does not know 'zebra'"),
+    (ExplainRequest(("a red circle 42",)), "does not know '42'"),  # digits, punctuation, other scripts:
+    (ExplainRequest(("a red 圆",)), "does not know '圆'"),  # the same check as explain's
+    (ExplainRequest(("a red circle!!!",)), "does not know '!'"),
     (ExplainRequest(("a red circle",), options=GradECLIPOptions((7,))), "4 attention layers"),
     (ExplainRequest(tuple(["a red circle"] * 17)), "at most 16"),
 ])
@@ -114,7 +121,7 @@ def test_read_upload(tmp_path):
 def test_handler_gives_messages_not_exceptions_and_files_that_hold_the_maps(clip, scene, tmp_path):
     path = tmp_path / "scene.png"
     scene.image.save(path)
-    args = (scene.caption(), ["Grad-ECLIP", "CLS attention"], "-1", "cosine", True)
+    args = (scene.caption(), ["grad-eclip", "cls-attention"], "-1", "cosine", True)
     for bad, says in ((None, "upload or paste"), (str(path), "at least one prompt")):
         out = run_explain(clip, WORDS, bad, "", *args)
         assert out[0].startswith("**Cannot explain:**") and says in out[0] and out[1:] == ("", "", None, None, None)
@@ -123,9 +130,9 @@ def test_handler_gives_messages_not_exceptions_and_files_that_hold_the_maps(clip
     assert grid.count('class="gce-map"') == 6 and "<mark" in words
     ref, _ = reference(clip, scene.image, scene.prompts)
     with np.load(npz) as z:
-        got = torch.stack([torch.from_numpy(z[f"{p} | Grad-ECLIP"]) for p in scene.prompts])
+        got = torch.stack([torch.from_numpy(z[f"{p} | grad-eclip"]) for p in scene.prompts])
     assert close(got, ref)
-    assert json.loads(open(js).read())["methods"] == ["Grad-ECLIP", "CLS attention"]
+    assert json.loads(open(js).read())["methods"] == ["grad-eclip", "cls-attention"]
     from PIL import Image
 
     assert Image.open(png).size[0] > 2 * 160

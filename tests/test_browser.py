@@ -19,7 +19,7 @@ from browser_helpers import browser_missing, css, driver, explain, fill, message
 
 pytestmark = pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
 
-METHODS3 = ["Grad-ECLIP", "GAME (Chefer et al.)", "MaskCLIP"]
+METHODS3 = ["grad-eclip", "game", "maskclip"]
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +70,9 @@ def reference(clip, image, prompts):
     pixels = clip.pixels([image])
     sim = clip.image_similarity(*clip.tokens(list(prompts)))
     layers = clip.image_layers
-    return {"Grad-ECLIP": ImageGradECLIP(sim, layers[-1]).attribute_all(pixels)[0],
-            "GAME (Chefer et al.)": GAME(sim, layers).attribute_all(pixels)[0],
-            "MaskCLIP": MaskCLIP(sim, layers[-1]).attribute_all(pixels)[0]}
+    return {"grad-eclip": ImageGradECLIP(sim, layers[-1]).attribute_all(pixels)[0],
+            "game": GAME(sim, layers).attribute_all(pixels)[0],
+            "maskclip": MaskCLIP(sim, layers[-1]).attribute_all(pixels)[0]}
 
 
 def test_page_draws_the_grid_and_the_api_returns_attribute_alls_maps(clip, app, browser, scene):
@@ -100,12 +100,12 @@ def test_server_survives_bad_input(app, browser, scene, tmp_path):
     fill(browser, path, [])
     explain(browser, None, "type at least one prompt")
     fill(browser, None, ["a photo of a dog"])
-    explain(browser, None, "not in this model's vocabulary")
+    explain(browser, None, "does not know")
     assert "Traceback" not in browser.page_source
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     Image.new("RGB", (6000, 6000), "navy").save(tmp_path / "huge.jpg", quality=40)
     assert api(app, str(tmp_path / "bad.png"), ["a red circle"])[0].startswith("**Cannot explain:** cannot read")
-    msg, grid = api(app, str(tmp_path / "huge.jpg"), ["a red circle"], ["MaskCLIP"])[:2]
+    msg, grid = api(app, str(tmp_path / "huge.jpg"), ["a red circle"], ["maskclip"])[:2]
     assert "6000 x 6000 px" in msg and grid.count('class="gce-map"') == 1
     assert api(app, path, ["a red zebra"])[0].startswith("**Cannot explain:** \"zebra\"")
     fill(browser, None, s.prompts[:2])  # and the page still explains

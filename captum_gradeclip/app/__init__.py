@@ -9,7 +9,7 @@ Gradio is imported only by :mod:`.ui`, inside its functions.
 """
 
 from .explore import AppInputError, ExplainRequest, Explanation, WordMap, check_request, explain
-from .methods import METHODS, GradECLIPOptions
+from .methods import GradECLIPOptions, methods
 
-__all__ = ["AppInputError", "ExplainRequest", "Explanation", "GradECLIPOptions", "METHODS", "WordMap",
-           "check_request", "explain"]
+__all__ = ["AppInputError", "ExplainRequest", "Explanation", "GradECLIPOptions", "WordMap", "check_request",
+           "explain", "methods"]

@@ -7,7 +7,7 @@ method has it, see :mod:`.methods`); the scores are the model's own cosine simil
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional, Tuple
@@ -16,7 +16,9 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .methods import GRAD_ECLIP, GradECLIPOptions, build, check_names
+from ..methods import GradECLIPOptions
+from ..text_checks import text_problems
+from .methods import GRAD_ECLIP, build, check_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -36,8 +38,8 @@ class ExplainRequest:
     """What to explain.
 
     Attributes:
-        prompts: the ``T`` prompts (rows of the grid). methods: names from :data:`.methods.METHODS`
-        (columns). caption: a text whose words to explain ("" for none). options: Grad-ECLIP's settings.
+        prompts: the ``T`` prompts (rows of the grid). methods: registered image method names
+        (:func:`captum_gradeclip.methods.method_names`; columns). caption: a text whose words to explain ("" for none). options: Grad-ECLIP's settings.
     """
 
     prompts: Tuple[str, ...]
@@ -94,14 +96,11 @@ class Explanation:
                     "importances": [float(v) for v in self.words.importances]}}
 
 
-def words_outside(text: str, vocabulary: Collection[str]) -> List[str]:
-    """The words of ``text`` (lower case, letters only) that are not in ``vocabulary``."""
-    return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in vocabulary]
-
-
-def check_request(request: ExplainRequest, vocabulary: Optional[Collection[str]] = None) -> None:
+def check_request(request: ExplainRequest, clip: Optional["LoadedCLIP"] = None) -> None:
     """Raises :class:`AppInputError` for no prompt, a blank one, too many, no method, an unknown
-    method, or (with ``vocabulary``, e.g. ShapesCLIP's words) a word the model does not know."""
+    method, or (with ``clip``) a text the model cannot explain as written: the check every
+    command shares (:func:`captum_gradeclip.text_checks.text_problems`: longer than the model's
+    context, or words outside a small vocabulary such as ShapesCLIP's)."""
     if not request.prompts:
         raise AppInputError("type at least one prompt, one per line (e.g. \"a red circle\")")
     if len(request.prompts) > MAX_PROMPTS:
@@ -114,22 +113,21 @@ def check_request(request: ExplainRequest, vocabulary: Optional[Collection[str]]
         check_names(request.methods)
     except ValueError as e:
         raise AppInputError(str(e)) from None
-    if vocabulary is not None:
-        for text in request.prompts + ((request.caption,) if request.caption else ()):
-            bad = words_outside(text, vocabulary)
-            if bad:
-                raise AppInputError(f"\"{bad[0]}\" (in \"{text}\") is not in this model's vocabulary, which is: "
-                                    f"{', '.join(sorted(vocabulary))}; e.g. \"a red circle\"")
+    if clip is not None:
+        texts = request.prompts + ((request.caption,) if request.caption else ())
+        for text, reason in text_problems(clip, texts).items():
+            shown = text if len(text) <= 60 else f"{text[:57]}..."
+            raise AppInputError(f"\"{shown}\": {reason}")
 
 
 def caption_words(clip: "LoadedCLIP", pixels: Tensor, caption: str) -> WordMap:
     """Grad-ECLIP word importances of ``caption`` for the image ``pixels (1, 3, H, W)``."""
-    from .. import TextGradECLIP
+    from ..methods import build as build_method
 
     ids, mask = clip.tokens([caption])
     tsim = clip.text_similarity(pixels)
     extra = None if mask is None else (mask,)
-    imp = TextGradECLIP(tsim, clip.text_layers[-8:]).attribute(ids, target=0, additional_forward_args=extra)
+    imp = build_method("grad-eclip", clip, tsim, kind="text").attribute(ids, 0, extra)
     with torch.no_grad():
         score = float((tsim(ids) if mask is None else tsim(ids, mask))[0, 0])
     e = int(tsim.eos_positions(ids)[0])
@@ -143,7 +141,9 @@ def explain(clip: "LoadedCLIP", image: "Image.Image", request: ExplainRequest,
     Args:
         clip: the model (as :func:`captum_gradeclip.models.load` returns it).
         image: a PIL image (RGB). request: what to explain.
-        vocabulary: the model's words, to refuse a prompt it cannot read (ShapesCLIP's), or ``None``.
+        vocabulary: the model's words, to refuse a prompt it cannot read, where ``clip`` does not
+            carry them already (``clip.vocabulary``: ShapesCLIP's, as :func:`~captum_gradeclip.models.load`
+            returns it), or ``None``.
 
     Returns:
         :class:`Explanation`: maps ``(T, h, w)`` per method, scores ``(T,)``, seconds per method.
@@ -151,7 +151,9 @@ def explain(clip: "LoadedCLIP", image: "Image.Image", request: ExplainRequest,
     Raises:
         AppInputError: see :func:`check_request`; a bad Grad-ECLIP layer index.
     """
-    check_request(request, vocabulary)
+    if vocabulary is not None:
+        clip = dataclasses.replace(clip, vocabulary=tuple(vocabulary))
+    check_request(request, clip)
     pixels = clip.pixels([image])
     sim = clip.image_similarity(*clip.tokens(list(request.prompts)))
     with torch.no_grad():
@@ -160,7 +162,7 @@ def explain(clip: "LoadedCLIP", image: "Image.Image", request: ExplainRequest,
     seconds: Dict[str, float] = {}
     for name in request.methods:
         try:
-            method = build(name, clip, sim, len(request.prompts), request.options)
+            method = build(name, clip, sim, request.options)
         except ValueError as e:
             raise AppInputError(str(e)) from None
         t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, List, Optional, Sequence, Tuple
 
 from .explore import AppInputError, ExplainRequest, Explanation, explain
-from .methods import GRAD_ECLIP, METHODS, SPATIAL, GradECLIPOptions
+from .methods import GRAD_ECLIP, SPATIAL, GradECLIPOptions, label, methods
 from .render import data_uri, grid_figure, overlay, word_map_html
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Images with more pixels are refused (PIL's decompression-bomb guard starts at 89 M).
 MAX_PIXELS = 64_000_000
 TILE = 160
-DEFAULT_METHODS = (GRAD_ECLIP, "GAME (Chefer et al.)", "MaskCLIP")
+DEFAULT_METHODS = (GRAD_ECLIP, "game", "maskclip")
 _log = logging.getLogger(__name__)
 _runs = itertools.count(1)
 
@@ -195,8 +195,8 @@ def build_app(clip: "LoadedCLIP", vocabulary: Optional[Collection[str]] = None, 
                     scene = gr.Button("render a ShapesCLIP scene", elem_id="gce-scene")
                 prompts = gr.Textbox(lines=4, label="prompts, one per line", elem_id="gce-prompts")
                 caption = gr.Textbox(label="caption (its word map)", elem_id="gce-caption")
-                methods = gr.CheckboxGroup(list(METHODS), value=list(DEFAULT_METHODS), label="methods",
-                                           elem_id="gce-methods")
+                chosen = gr.CheckboxGroup([(label(m), m) for m in methods()], value=list(DEFAULT_METHODS),
+                                          label="methods", elem_id="gce-methods")
                 with gr.Accordion("Grad-ECLIP settings", open=False):
                     layers = gr.Textbox(value="-1", label="image layers (indices, summed)", elem_id="gce-layers")
                     spatial = gr.Dropdown(list(SPATIAL), value="cosine", label="spatial weighting")
@@ -211,6 +211,6 @@ def build_app(clip: "LoadedCLIP", vocabulary: Optional[Collection[str]] = None, 
                     summary = gr.File(label="scores and settings (.json)", elem_id="gce-json")
                     figure = gr.File(label="figure (.png)", elem_id="gce-png")
         scene.click(render_scene_inputs, [seed], [image, prompts, caption], api_name="render_scene")
-        go.click(lambda *a: run_explain(clip, vocabulary, *a), [image, prompts, caption, methods, layers, spatial,
+        go.click(lambda *a: run_explain(clip, vocabulary, *a), [image, prompts, caption, chosen, layers, spatial,
                  relu], [message, grid, words, maps, summary, figure], api_name="explain")
     return demo
