@@ -147,7 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from .method_cli import method_and_options
+    from .options_cli import method_and_options
     from .methods import resolve_layers
     from .models import check_choice, load
     from .text_checks import check_texts as check_model_texts
@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     from .app.cli import add_report_parser as add_report
     from .benchmark import add_parser as add_benchmark
     from .finetune.cli import add_parser as add_finetune
-    from .method_cli import add_method_args
+    from .options_cli import add_method_args, add_model_args
     from .scale.cli import add_parser as add_explain_dataset
     from .segment.cli import add_parser as add_segment
 
@@ -189,12 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="explain an image against texts with any Hugging Face or open_clip CLIP")
     e.add_argument("image")
     e.add_argument("--text", action="append", default=[], help="a text to match (repeat)")
-    e.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
-    e.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]",
-                   help="an open_clip model instead, e.g. ViT-B-32:openai or RN50:openai (needs the open_clip extra)")
+    add_model_args(e, unknown_words=True)
     add_method_args(e)
-    e.add_argument("--allow-unknown-words", action="store_true",
-                   help="ShapesCLIP only: explain texts with words outside its vocabulary (a warning, not an error)")
     e.add_argument("--out", default="explanation.png")
     e.add_argument("--save-maps", default=None, metavar="PATH.npz",
                    help="also write the raw maps: one array per text (keyed by the text) and the scores")

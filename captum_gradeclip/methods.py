@@ -14,7 +14,7 @@ an :class:`Explainer`, which gives every method the same two calls:
   and ``attribute_all(...) -> (T, N, L)``, over ``tsim = clip.text_similarity(pixels)``.
 
 Grad-ECLIP's settings are one record, :class:`GradECLIPOptions`, used by every command (the flags
-are parsed by :mod:`captum_gradeclip.method_cli`); the other methods take none. A new method is one
+are parsed by :mod:`captum_gradeclip.options_cli`); the other methods take none. A new method is one
 factory plus one :func:`register_method` call, from inside the package or out of it.
 """
 

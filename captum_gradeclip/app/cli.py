@@ -52,9 +52,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
     """Add the ``app`` command to the ``captum-gradeclip`` subcommands ``sub``."""
+    from ..options_cli import add_model_args
+
     a = sub.add_parser("app", help="an interactive explorer in the browser (needs the app extra: Gradio)")
-    a.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
-    a.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]", help="an open_clip model instead")
+    add_model_args(a)
     a.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     a.add_argument("--port", type=int, default=7860)
     a.add_argument("--share", action="store_true", help="also a public gradio.live link (off by default)")

@@ -106,6 +106,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     b.add_argument("--step", type=float, default=_F.step, help="share of pixels per deletion/insertion step")
     b.add_argument("--replacement", default=_F.replacement, choices=["noise", "black", "blur", "mean"])
     b.add_argument("--word-replacement", default=_S.word_replacement, help="token replacing deleted words")
+    from ..options_cli import add_model_args
     from .methods import method_keys
 
     keys = method_keys()
@@ -113,9 +114,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                    help=f"only these methods, by name (default: all): {', '.join(keys)}")
     b.add_argument("--batch", type=int, default=_S.batch, help="examples explained per call")
     b.add_argument("--examples", type=int, default=_S.examples)
-    b.add_argument("--model", default=None, help="hub name or folder (default: ShapesCLIP)")
-    b.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]",
-                   help="an open_clip model for the folder benchmark (needs the open_clip extra)")
+    add_model_args(b)
     b.add_argument("--images", default=None, help="folder of images (faithfulness only)")
     b.add_argument("--prompts", default=None, help="text file, one prompt per line")
     b.add_argument("--protocol", default="folder", choices=["folder", "grad-eclip"],

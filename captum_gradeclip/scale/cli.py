@@ -43,8 +43,8 @@ def work_items(args: argparse.Namespace) -> List[Any]:
 
 def method_options(args: argparse.Namespace) -> "ExplainerOptions":
     """The :class:`~.explain.ExplainerOptions` the flags choose (``--method`` and Grad-ECLIP's
-    options parsed as in every command: :mod:`captum_gradeclip.method_cli`)."""
-    from ..method_cli import method_and_options
+    options parsed as in every command: :mod:`captum_gradeclip.options_cli`)."""
+    from ..options_cli import method_and_options
     from .explain import ExplainerOptions
 
     method, gradeclip = method_and_options(args)
@@ -155,7 +155,7 @@ def _explain_dataset(args: argparse.Namespace, out: Path) -> None:
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
     """Add the ``explain-dataset`` command to the ``captum-gradeclip`` subcommands ``sub``."""
-    from ..method_cli import add_method_args
+    from ..options_cli import add_method_args, add_model_args
 
     p = sub.add_parser("explain-dataset", help="explain a whole image folder into Parquet shards "
                        "(sharded over torchrun's processes, resumable)")
@@ -169,11 +169,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     p.add_argument("--allow-outside-images", action="store_true",
                    help="with --pairs: read images the pairs file names outside --images (absolute or ../ paths)")
-    p.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
-    p.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]", help="an open_clip model instead")
+    add_model_args(p, unknown_words=True)
     add_method_args(p)
-    p.add_argument("--allow-unknown-words", action="store_true",
-                   help="explain texts with words outside a small vocabulary (ShapesCLIP's) instead of error rows")
     p.add_argument("--text-maps", action="store_true", help="also write word maps (words, word_map)")
     p.add_argument("--text-chunk", type=int, default=64,
                    help="texts explained per backward (default 64): bounds memory for many prompts")

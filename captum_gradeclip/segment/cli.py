@@ -67,7 +67,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     """Run the job on this rank; rank 0 writes ``OUT/scores.json`` (with ``--masks``) and prints."""
     from .. import distributed as dist
     from ..benchmark.imagenet import map_input_for
-    from ..method_cli import method_and_options
+    from ..options_cli import method_and_options
     from ..methods import build, resolve_layers
     from ..models import check_choice, load
     from ..scale.data import read_prompts
@@ -116,7 +116,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
     """Add the ``segment`` command to the ``captum-gradeclip`` subcommands ``sub``."""
-    from ..method_cli import add_method_args
+    from ..options_cli import add_method_args, add_model_args
 
     p = sub.add_parser("segment", help="open-vocabulary segmentation from maps (label PNGs; mIoU with --masks)")
     p.add_argument("--images", default=None, help="image folder (recursive)")
@@ -125,15 +125,12 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="background below this normalised map (default 0.5)")
     p.add_argument("--normalise", default="joint", choices=["joint", "per_prompt"])
     add_method_args(p)
-    p.add_argument("--allow-unknown-words", action="store_true",
-                   help="explain prompts with words outside a small vocabulary (ShapesCLIP's) anyway")
     p.add_argument("--map-input", default="native", choices=["native", "model"],
                    help="maps at the image's resolution (resized to patch multiples) or at the model's input size")
     p.add_argument("--masks", default=None, help="index PNGs at the images' relative paths: score the labels")
     p.add_argument("--ignore-index", type=int, default=255, help="mask label not scored (default 255)")
     p.add_argument("--out", required=True)
-    p.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
-    p.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]")
+    add_model_args(p, unknown_words=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true")

@@ -1,4 +1,8 @@
-"""The method flags, declared once and parsed by one function for every command.
+"""The flags every command shares, declared once and parsed by one function each: the model
+(``--model`` / ``--open-clip``), the method and Grad-ECLIP's options.
+
+``--model NAME_OR_FOLDER`` (a Hugging Face hub name or ``save_pretrained`` folder, or
+``PREFIX:SPEC`` of a registered family) or ``--open-clip ARCH[:PRETRAINED]``; neither: ShapesCLIP.
 
 ``--method NAME`` (or ``--methods NAME...``) from :mod:`captum_gradeclip.methods`' registry, and
 Grad-ECLIP's options (:class:`~captum_gradeclip.methods.GradECLIPOptions`):
@@ -20,7 +24,25 @@ from typing import List, Optional, Tuple
 from .errors import CLIError, InputError
 from .methods import SPATIAL, GradECLIPOptions, get_method, method_names
 
-__all__ = ["add_method_args", "method_and_options", "methods_and_options"]
+__all__ = ["add_method_args", "add_model_args", "method_and_options", "methods_and_options"]
+
+
+def add_model_args(p: argparse.ArgumentParser, *, open_clip: bool = True, unknown_words: bool = False,
+                   default_help: str = "default: ShapesCLIP") -> None:
+    """Add ``--model`` (and, with ``open_clip``, ``--open-clip``) to ``p``; ``models.load(args.model,
+    args.open_clip)`` loads what they name (``models.check_choice`` refuses both at once). With
+    ``unknown_words``: ``--allow-unknown-words``, the opt-in of the shared text check
+    (:func:`captum_gradeclip.text_checks.text_problems`)."""
+    p.add_argument("--model", default=None,
+                   help=f"Hugging Face hub name or save_pretrained folder, or PREFIX:SPEC of a registered family "
+                        f"({default_help})")
+    if open_clip:
+        p.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]",
+                       help="an open_clip model instead, e.g. ViT-B-32:openai or RN50:openai (the open-clip extra)")
+    if unknown_words:
+        p.add_argument("--allow-unknown-words", action="store_true",
+                       help="explain texts with words outside a small vocabulary (ShapesCLIP's 17 words) anyway, "
+                            "with a warning: its tokenizer explains such words as letters")
 
 def add_method_args(p: argparse.ArgumentParser, *, many: bool = False, default: Optional[str] = "grad-eclip",
                     choices: Optional[List[str]] = None) -> None:
