@@ -21,7 +21,19 @@ from .errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     from .models import LoadedCLIP
 
-__all__ = ["check_texts", "text_problems", "token_count", "unknown_words"]
+__all__ = ["Problem", "check_texts", "text_problems", "token_count", "unknown_words"]
+
+
+class Problem(str):
+    """Why a text is refused (the message), with ``code``: ``"text_too_long"``, ``"unknown_words"``
+    or ``"empty_text"`` (a dataset job's error rows carry it)."""
+
+    code: str
+
+    def __new__(cls, message: str, code: str) -> "Problem":
+        self = super().__new__(cls, message)
+        self.code = code
+        return self
 
 
 def token_count(clip: "LoadedCLIP", text: str) -> Tuple[int, Optional[int]]:
@@ -57,7 +69,7 @@ def _vocabulary_reason(clip: "LoadedCLIP", unknown: Sequence[str]) -> str:
 
 
 def text_problems(clip: "LoadedCLIP", texts: Sequence[str], *, allow_unknown_words: bool = False,
-                  cache: Optional[Dict[str, Tuple[int, Optional[int]]]] = None) -> Dict[str, str]:
+                  cache: Optional[Dict[str, Tuple[int, Optional[int]]]] = None) -> Dict[str, Problem]:
     """The texts of ``texts`` the model cannot explain as written, each with the reason.
 
     Args:
@@ -66,16 +78,16 @@ def text_problems(clip: "LoadedCLIP", texts: Sequence[str], *, allow_unknown_wor
         cache: token counts by text, kept between calls (a dataset job asks about the same prompts
             in every batch).
     """
-    out: Dict[str, str] = {}
+    out: Dict[str, Problem] = {}
     warned: List[str] = []
     for t in dict.fromkeys(texts):
         if not t.strip():
-            out[t] = "the text is empty: give the words to match"
+            out[t] = Problem("the text is empty: give the words to match", "empty_text")
             continue
         unknown = unknown_words(clip, t)
         if unknown and not allow_unknown_words:
-            out[t] = (f"{_vocabulary_reason(clip, unknown)}. Use its words, give another model, or allow "
-                      "unknown words (--allow-unknown-words) to explain the letters anyway")
+            out[t] = Problem(f"{_vocabulary_reason(clip, unknown)}. Use its words, give another model, or allow "
+                             "unknown words (--allow-unknown-words) to explain the letters anyway", "unknown_words")
             continue
         counted = cache.get(t) if cache is not None else None
         if counted is None:  # warn once per text (a dataset job asks in every batch)
@@ -84,8 +96,8 @@ def text_problems(clip: "LoadedCLIP", texts: Sequence[str], *, allow_unknown_wor
         if cache is not None:
             cache[t] = (n, limit)
         if limit is not None and n > limit:
-            out[t] = (f"the text is {n} tokens, longer than the model's context of {limit}: it would be "
-                      "explained cut short; shorten it")
+            out[t] = Problem(f"the text is {n} tokens, longer than the model's context of {limit}: it would be "
+                             "explained cut short; shorten it", "text_too_long")
     if warned:
         print(f"warning: {_vocabulary_reason(clip, list(dict.fromkeys(warned)))}", file=sys.stderr)
     return out
