@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .protocols import BaseBatchExplainer
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedCLIP
 
@@ -80,7 +82,7 @@ def token_count(clip: "LoadedCLIP", text: str) -> Tuple[int, Optional[int]]:
     return len(inner.encode(text)) + 2, limit
 
 
-class AttributeAllExplainer:
+class AttributeAllExplainer(BaseBatchExplainer):
     """Any attribution with ``attribute_all(pixels (N, 3, H, W)) -> (N, K, h, w)`` whose ``K``
     columns are the fixed ``texts``: every image of the dataset must ask for texts among them.
 
@@ -139,7 +141,7 @@ class ExplainerOptions:
                 "text_layers": self.text_layers if self.text_maps else None, "text_chunk": self.text_chunk}
 
 
-class CLIPExplainer:
+class CLIPExplainer(BaseBatchExplainer):
     """Grad-ECLIP image maps (and, with ``text_maps``, word maps) for a loaded CLIP.
 
     Args:
