@@ -33,7 +33,7 @@ class KeyedImages:
         return len(self.keys)
 
     def __getitem__(self, i: int) -> Tuple[str, Any, Tuple[str]]:
-        from ..benchmark.imagenet import to_uint8
+        from ..images import to_uint8
 
         return self.keys[i], to_uint8(self.open(i)), (self.keys[i],)
 
@@ -80,11 +80,9 @@ def attribution(clip: Any, sim: Any, method: str, single_head: bool) -> Any:
 
 def cmd_segment(args: argparse.Namespace) -> None:
     """Run the job on this rank; rank 0 writes ``OUT/scores.json`` (with ``--masks``) and prints."""
-    from .. import distributed as dist
-    from ..benchmark.imagenet import map_input_for
-    from ..models import check_choice, load
+    from ..models import check_choice
     from ..scale.data import read_prompts
-    from ..scale.engine import job_config, prepared, run
+    from ..scale.engine import JobSpec, run_job
     from ..scale.store import require_pyarrow
     from .job import SegmentExplainer, SegmentOptions, summarise
 
@@ -103,19 +101,23 @@ def cmd_segment(args: argparse.Namespace) -> None:
     config = {"model": {"hf": args.model, "open_clip": args.open_clip}, "images": data.keys,
               "method": args.method, "single_head": args.single_head, "map_input": args.map_input,
               "options": SegmentExplainer.describe(opts)}
-    with dist.session("cpu") as ranks:
-        with prepared(out, job_config(config, len(data), args.shard_size, args.batch_size), ranks):
-            clip = load(args.model, args.open_clip)
-            sim = clip.image_similarity(*clip.tokens(prompts + background))
-            if hasattr(sim, "interpolate_pos_encoding"):
-                sim.interpolate_pos_encoding = True
-            explainer = SegmentExplainer(attribution(clip, sim, args.method, args.single_head),
-                                         map_input_for(clip, args.map_input), opts)
-        summary = run(data, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
-                      num_workers=1, progress=not args.no_progress)
-    if ranks.rank != 0:
+
+    def load(device: Any) -> Tuple[KeyedImages, SegmentExplainer]:
+        from ..images import map_input_for
+        from ..models import load as load_model
+
+        clip = load_model(args.model, args.open_clip)
+        sim = clip.image_similarity(*clip.tokens(prompts + background))
+        if hasattr(sim, "interpolate_pos_encoding"):
+            sim.interpolate_pos_encoding = True
+        return data, SegmentExplainer(attribution(clip, sim, args.method, args.single_head),
+                                      map_input_for(clip, args.map_input), opts)
+
+    summary = run_job(JobSpec(out, config, len(data), load, batch_size=args.batch_size, shard_size=args.shard_size,
+                              num_workers=1, progress=not args.no_progress, device="cpu"))
+    if not summary.is_main:
         return
-    print(f"{out}: {summary['images']} images, {summary['errors']} errors; label PNGs in {out / 'labels'}, "
+    print(f"{out}: {summary.images} images, {summary.errors} errors; label PNGs in {out / 'labels'}, "
           f"overlays in {out / 'overlays'}", file=sys.stderr)
     if opts.masks is not None:
         scores = summarise(out, prompts)
