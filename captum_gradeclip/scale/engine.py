@@ -13,6 +13,13 @@ Faults: an input that cannot be decoded or explained is an error row, never a cr
 input of a shard ends in its rows or its errors (checked when the shard is written, counted in
 the manifest); a killed rank loses at most its unfinished shards; the same command again skips
 finished shards after checking their sha256.
+
+Every dataset job comes in through one door, :func:`run_job`: a typed :class:`~.job.JobSpec`
+(output folder, configuration, size, ``load(device) -> (dataset, explainer)``), the explainer a
+:class:`~.protocols.BatchExplainer` whose declared attributes the engine reads; it answers with
+typed records (:mod:`.records`: :class:`~.records.ErrorRow`, :class:`~.records.InputCounts`,
+:class:`~.records.RunSummary`). :func:`explain_dataset` is that door for a dataset and an
+explainer already built.
 """
 
 from __future__ import annotations
