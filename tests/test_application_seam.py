@@ -118,9 +118,9 @@ def _argv(kind: str, tmp: Path) -> list:
                                 "--workers", "0", "--no-progress"],
             "segment": ["segment", "--images", str(flat), "--prompts", str(prompts), "--out", out, "--no-progress"],
             "folder benchmark": ["benchmark", "--images", str(flat), "--prompts", str(prompts), "--step", "0.5",
-                                 "--methods", "cosine, default", "--out-dir", out, "--no-memory"],
+                                 "--methods", "grad-eclip", "--out-dir", out, "--no-memory"],
             "authors' protocol": ["benchmark", "--protocol", "grad-eclip", "--images", str(_tree(tmp / "tree")),
-                                  "--templates", "{}", "--methods", "cosine, default", "--out-dir", out]}[kind]
+                                  "--templates", "{}", "--methods", "grad-eclip", "--out-dir", out]}[kind]
 
 
 @pytest.mark.parametrize("kind", ["explain-dataset", "segment", "folder benchmark", "authors' protocol"])
