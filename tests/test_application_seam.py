@@ -1,10 +1,15 @@
 """ARCHITECTURE.md's "an application (a command over the engine)", done once: a toy command
-written in ONE module (here, this file) on the public seams only (models.load, the dataset engine,
-the work lists), registered with one add_parser(sub) line in cli._parser (simulated below)."""
+written in ONE module (here, this file) on the public seams only (models.load, a batch explainer
+on ``BaseBatchExplainer``, a ``JobSpec`` run by ``run_job``, the work lists), registered with one
+add_parser(sub) line in cli._parser (simulated below). The package's own dataset jobs
+(explain-dataset, segment, the folder benchmark, the authors' protocol) stand on the same seam:
+each builds one JobSpec and hands it to the engine's one entry point, and none wires the engine
+(session, prepared, run) by hand."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 from pathlib import Path
 
 import pytest
@@ -15,13 +20,12 @@ pytest.importorskip("pyarrow")
 from scale_helpers import make_folder  # noqa: E402
 
 from captum_gradeclip import cli  # noqa: E402
+from captum_gradeclip.scale import BaseBatchExplainer  # noqa: E402
 
 
-class _ScoreExplainer:
+class _ScoreExplainer(BaseBatchExplainer):
     """A batch explainer: ``(pixels (N, 3, H, W), texts: N lists) -> N lists of rows`` holding each
-    pair's cosine similarity."""
-
-    splits_texts = False
+    pair's cosine similarity; it declares only what differs from the defaults."""
 
     def __init__(self, clip) -> None:
         self.clip = clip
@@ -37,22 +41,26 @@ class _ScoreExplainer:
             rows.append([{"text": t, "score": float(v)} for t, v in zip(ts, s)])
         return rows
 
-    @staticmethod
-    def to_table(rows):
+    def to_table(self, rows):
         import pyarrow as pa
 
         return pa.table({c: [r[c] for r in rows] for c in ("image", "text", "score")})
 
 
 def _cmd(args: argparse.Namespace) -> None:
-    from captum_gradeclip.models import load
     from captum_gradeclip.scale.data import ImageFolderDataset, prompt_items, read_prompts
-    from captum_gradeclip.scale.engine import explain_dataset
+    from captum_gradeclip.scale.engine import JobSpec, run_job
 
-    clip = load(args.model)
     items = prompt_items(Path(args.images), read_prompts(args.prompts))
-    explain_dataset(ImageFolderDataset(Path(args.images), items, clip.pixels), _ScoreExplainer(clip), args.out_dir,
-                    num_workers=0, progress=False, device="cpu")
+
+    def load(device):
+        from captum_gradeclip.models import load as load_model
+
+        clip = load_model(args.model)
+        return ImageFolderDataset(Path(args.images), items, clip.pixels), _ScoreExplainer(clip)
+
+    run_job(JobSpec(Path(args.out_dir), {"application": "toy-scores", "prompts": args.prompts}, len(items), load,
+                    num_workers=0, progress=False, device="cpu"))
 
 
 def add_parser(sub) -> None:
@@ -88,3 +96,64 @@ def test_a_toy_command_over_the_engine(tmp_path, monkeypatch):
     with torch.no_grad():
         want = clip.image_similarity(*clip.tokens(["a blue square"]))(clip.pixels([render_scene(seed=1).image]))
     assert abs(r["score"] - float(want[0, 0])) < 1e-5
+
+
+def _tree(root: Path) -> Path:
+    from captum_gradeclip.shapes.scenes import ShapeSpec, render_scene
+
+    for k, (colour, shape) in enumerate([("red", "circle"), ("blue", "square")]):
+        (root / f"{colour}_{shape}").mkdir(parents=True)
+        render_scene([ShapeSpec(colour, shape, (0.45, 0.55), 0.5)], seed=k).image.save(root / f"{colour}_{shape}" / "0.png")
+    return root
+
+
+def _argv(kind: str, tmp: Path) -> list:
+    images, prompts = make_folder(tmp, n=2)
+    flat = tmp / "flat"
+    flat.mkdir()
+    for f in sorted(images.glob("*.png")):
+        (flat / f.name).write_bytes(f.read_bytes())
+    out = str(tmp / "out")
+    return {"explain-dataset": ["explain-dataset", "--images", str(images), "--prompts", str(prompts), "--out", out,
+                                "--workers", "0", "--no-progress"],
+            "segment": ["segment", "--images", str(flat), "--prompts", str(prompts), "--out", out, "--no-progress"],
+            "folder benchmark": ["benchmark", "--images", str(flat), "--prompts", str(prompts), "--step", "0.5",
+                                 "--methods", "grad-eclip", "--out-dir", out, "--no-memory"],
+            "authors' protocol": ["benchmark", "--protocol", "grad-eclip", "--images", str(_tree(tmp / "tree")),
+                                  "--templates", "{}", "--methods", "grad-eclip", "--out-dir", out]}[kind]
+
+
+@pytest.mark.parametrize("kind", ["explain-dataset", "segment", "folder benchmark", "authors' protocol"])
+def test_every_dataset_job_is_one_job_spec_run_by_run_job(kind, tmp_path, monkeypatch):
+    """Each command hands the engine one JobSpec (its out folder, configuration and size), and
+    the engine's run_job is what writes the folder."""
+    from captum_gradeclip.scale import JobSpec, RunSummary, engine
+
+    specs, summaries = [], []
+    real = engine.run_job
+
+    def spy(spec):
+        specs.append(spec)
+        summaries.append(real(spec))
+        return summaries[-1]
+
+    monkeypatch.setattr(engine, "run_job", spy)
+    assert cli.main(_argv(kind, tmp_path)) == 0
+    assert len(specs) == 1 and isinstance(specs[0], JobSpec) and isinstance(summaries[0], RunSummary)
+    assert (Path(specs[0].out) / "manifest.json").is_file() and summaries[0].images == specs[0].n_items
+    assert summaries[0].pairs > 0
+
+
+def test_no_job_wires_the_engine_by_hand():
+    """Only the engine itself uses its parts (prepared, start, run, distributed sessions): every
+    other module reaches it through run_job / explain_dataset."""
+    root = Path(__file__).resolve().parents[1] / "captum_gradeclip"
+    parts = {"prepared", "start", "run", "job_config"}
+    offenders = []
+    for f in sorted(root.rglob("*.py")):
+        if f.relative_to(root).as_posix() == "scale/engine.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("engine"):
+                offenders += [f"{f.relative_to(root)}: {a.name}" for a in node.names if a.name in parts]
+    assert offenders == []

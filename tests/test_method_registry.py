@@ -249,7 +249,9 @@ def test_unknown_words_are_error_rows_in_explain_dataset_as_explain_refuses_them
     assert [r["text"] for r in rows] == ["a red circle"]
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["text"] for e in errors) == ["<script>alert(3)</script>", "a blue <b>ring</b>"]
-    assert all("does not know" in e["error"] for e in errors)
+    assert all("does not know" in e["error"] and e["code"] == "unknown_words" for e in errors)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["warnings"]["texts_too_long"] == 0 and manifest["totals"]["errors"] == 2
     out2 = tmp_path / "job2"
     assert main(["explain-dataset", "--images", str(images), "--prompts", str(prompts), "--out", str(out2),
                  "--workers", "0", "--no-progress", "--allow-unknown-words"]) == 0

@@ -177,8 +177,10 @@ def test_benchmark_protocol_job_on_a_class_tree(tmp_path):
 
 
 def test_class_names_and_templates(tmp_path):
+    from captum_gradeclip.benchmark.labelled import round_robin
+    from captum_gradeclip.benchmark.zeroshot import class_names, templates
     from captum_gradeclip.errors import InputError
-    from captum_gradeclip.benchmark.imagenet import class_names, round_robin, shrink, templates
+    from captum_gradeclip.images import shrink
 
     assert templates("a photo of a {}.") == ["a photo of a {}."]
     (tmp_path / "t.txt").write_text("a {}.\nthe {}\n")

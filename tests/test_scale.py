@@ -163,7 +163,7 @@ def test_any_attribution_with_attribute_all_and_bad_texts_as_errors(tmp_path, cl
     summary = explain_dataset(ImageFolderDataset(images, items, clip.pixels),
                               AttributeAllExplainer(ImageGradECLIP(sim, clip.image_layers[-1]), texts),
                               tmp_path / "out", config={"note": "test"}, num_workers=0, progress=False)
-    assert summary["pairs"] == 3 and summary["errors"] == 1
+    assert summary.pairs == 3 and summary.errors == 1
     err = json.loads((tmp_path / "out" / "errors.jsonl").read_text())
     assert err["text"] == "not a column" and "not columns" in err["error"]
 
@@ -192,7 +192,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(code, "README explain_dataset example", "exec"), scope)
-    assert scope["summary"]["pairs"] == sum(len(sc.prompts) for sc in scope["scenes"])
+    assert scope["summary"].pairs == sum(len(sc.prompts) for sc in scope["scenes"])
     assert len(scope["maps"]) == 8 and all(m.shape == (8, 8) for m in scope["maps"].values())
 
 

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..scale.protocols import BaseBatchExplainer
 from .config import FaithfulnessConfig, FolderConfig
 from .methods import method_name
 from .report import FAITHFULNESS, MS_PER_EXPLANATION, Score
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..scale.job import JobSpec
 
 #: Images per shard of the folder protocol.
 SHARD_SIZE = 64
@@ -27,7 +31,7 @@ SHARD_SIZE = 64
 CURVES = ("deletion", "insertion", "deletion_accuracy", "insertion_accuracy")
 
 
-class FaithfulnessExplainer:
+class FaithfulnessExplainer(BaseBatchExplainer):
     """A batch explainer for the engine: for ``pixels (N, 3, H, W)`` and the prompts, one row per
     (image, method) with the top-1 prompt, its score, the explanation time, the four curves
     ``(S,)`` and their AUCs.
@@ -143,33 +147,44 @@ def run_folder(cfg: FolderConfig) -> Optional[dict]:
         InputError: bad inputs (see :func:`folder_inputs`), none of the images readable,
             or another job's curves in ``cfg.out_dir``.
     """
-    from .. import distributed as dist
     from ..errors import InputError
-    from ..models import load
-    from ..scale.data import ImageFolderDataset, WorkItem
-    from ..scale.engine import job_config, prepared, run
+    from ..scale.engine import run_job
     from ..scale.store import require_pyarrow
-    from .methods import image_methods, select
 
     require_pyarrow("the folder benchmark")
     prompts, files = folder_inputs(cfg)
     out = Path(cfg.out_dir) / "curves"
-    with dist.session("cpu") as ranks:
-        with prepared(out, job_config(_config(cfg, prompts, files), len(files), SHARD_SIZE, cfg.batch), ranks):
-            clip = load(cfg.model, cfg.open_clip)  # a failure here leaves no state in --out-dir
-            sim = clip.image_similarity(*clip.tokens(prompts))
-            explainer = FaithfulnessExplainer(sim, select(image_methods(clip, sim), cfg.methods), cfg.faithfulness)
-        items = [WorkItem(f.name, tuple(prompts)) for f in files]
-        summary = run(ImageFolderDataset(Path(cfg.images), items, clip.pixels), explainer, out, ranks,
-                      batch_size=cfg.batch, shard_size=SHARD_SIZE, num_workers=1)
-    if ranks.rank != 0:
+    summary = run_job(folder_job(cfg, prompts, files, out))
+    if not summary.is_main:
         return None
     skipped = sorted({e["image"] for e in _errors(out)})
-    if summary["pairs"] == 0:
+    if summary.pairs == 0:
         raise InputError(f"none of the {len(files)} images in {cfg.images} could be read or explained")
     return dict(protocol="folder", images=len(files) - len(skipped), skipped=skipped, prompts=len(prompts),
                 step=cfg.faithfulness.step, replacement=cfg.faithfulness.replacement, image=aggregate(out), text=[],
-                world_size=ranks.world, curves=str(out))
+                world_size=summary.world_size, curves=str(out))
+
+
+def folder_job(cfg: FolderConfig, prompts: List[str], files: List[Path], out: Path) -> "JobSpec":
+    """The folder protocol as a dataset job: ``files`` against ``prompts`` into ``out``, the
+    model loaded (after the folder is prepared) with :class:`FaithfulnessExplainer` over the
+    selected methods."""
+    from ..scale.data import ImageFolderDataset, WorkItem
+    from ..scale.job import JobSpec
+
+    items = [WorkItem(f.name, tuple(prompts)) for f in files]
+
+    def load(device: Any) -> Tuple[Any, FaithfulnessExplainer]:
+        from ..models import load as load_model
+        from .methods import image_methods, select
+
+        clip = load_model(cfg.model, cfg.open_clip)  # a failure here leaves no state in --out-dir
+        sim = clip.image_similarity(*clip.tokens(prompts))
+        explainer = FaithfulnessExplainer(sim, select(image_methods(clip, sim), cfg.methods), cfg.faithfulness)
+        return ImageFolderDataset(Path(cfg.images), items, clip.pixels), explainer
+
+    return JobSpec(out, _config(cfg, prompts, files), len(files), load, batch_size=cfg.batch, shard_size=SHARD_SIZE,
+                   num_workers=1, device="cpu")
 
 
 def _errors(out: Path) -> List[Dict[str, Any]]:

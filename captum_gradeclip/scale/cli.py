@@ -120,37 +120,37 @@ def cmd_explain_dataset(args: argparse.Namespace) -> None:
 
 
 def _explain_dataset(args: argparse.Namespace, out: Path) -> None:
-    from .. import distributed as dist
-    from .data import ImageFolderDataset
-    from .engine import job_config, prepared, run
+    from .engine import JobSpec, run_job
     from .store import require_pyarrow
 
     require_pyarrow("explain-dataset")
     check_flags(args)
+    source = None
     if args.hf_dataset or args.webdataset:
-        from .sources import open_source
+        from .sources import open_source, source_items
 
-        args.source = open_source(args)
-    items = work_items(args)
-    with dist.session(args.device) as ranks:
-        with prepared(out, job_config(job_description(args, items), len(items), args.shard_size, args.batch_size),
-                      ranks):
-            clip, explainer = _load_explainer(args, ranks.device)
-        if args.hf_dataset or args.webdataset:
-            from .sources import SourceDataset
+        source = open_source(args)
+    items = source_items(args, source) if source is not None else work_items(args)
 
-            dataset = SourceDataset(args.source, items, clip.pixels)
-        else:
-            dataset = ImageFolderDataset(Path(args.images), items, clip.pixels)
-        summary = run(dataset, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
-                      num_workers=args.workers, progress=not args.no_progress)
-    if ranks.rank == 0:
-        too_long = summary.get("texts_too_long", 0)
-        print(f"{out}: {summary['images']} images, {summary['pairs']} pairs, {summary['errors']} error{'' if summary['errors'] == 1 else 's'}"
+    def load(device: Any) -> Any:
+        from .data import ImageFolderDataset
+        from .sources import SourceDataset
+
+        clip, explainer = _load_explainer(args, device)
+        if source is not None:
+            return SourceDataset(source, items, clip.pixels), explainer
+        return ImageFolderDataset(Path(args.images), items, clip.pixels), explainer
+
+    summary = run_job(JobSpec(out, job_description(args, items), len(items), load, batch_size=args.batch_size,
+                              shard_size=args.shard_size, num_workers=args.workers, progress=not args.no_progress,
+                              device=args.device))
+    if summary.is_main:
+        too_long = summary.texts_too_long
+        print(f"{out}: {summary.images} images, {summary.pairs} pairs, {summary.errors} error{'' if summary.errors == 1 else 's'}"
               f"{f' ({too_long} texts longer than the model context)' if too_long else ''}; "
-              f"this run: {summary['images_this_run']} images in {summary['wall_s']:.1f} s "
-              f"({summary['images_per_s']:.2f} images/s on {summary['world_size']} process(es)), "
-              f"{summary['skipped_shards']} shard(s) already done", file=sys.stderr)
+              f"this run: {summary.images_this_run} images in {summary.wall_s:.1f} s "
+              f"({summary.images_per_s:.2f} images/s on {summary.world_size} process(es)), "
+              f"{summary.skipped_shards} shard(s) already done", file=sys.stderr)
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:

@@ -13,6 +13,13 @@ Faults: an input that cannot be decoded or explained is an error row, never a cr
 input of a shard ends in its rows or its errors (checked when the shard is written, counted in
 the manifest); a killed rank loses at most its unfinished shards; the same command again skips
 finished shards after checking their sha256.
+
+Every dataset job comes in through one door, :func:`run_job`: a typed :class:`~.job.JobSpec`
+(output folder, configuration, size, ``load(device) -> (dataset, explainer)``), the explainer a
+:class:`~.protocols.BatchExplainer` whose declared attributes the engine reads; it answers with
+typed records (:mod:`.records`: :class:`~.records.ErrorRow`, :class:`~.records.InputCounts`,
+:class:`~.records.RunSummary`). :func:`explain_dataset` is that door for a dataset and an
+explainer already built.
 """
 
 from __future__ import annotations
@@ -30,16 +37,14 @@ from .. import distributed as dist
 from ..errors import GradECLIPError
 from . import store
 from .data import key_of
-from .table import to_table
+from .job import JobSpec
+from .protocols import BatchExplainer, as_batch_explainer
+from .records import TEXT_TOO_LONG, ErrorRow, InputCounts, RunSummary
 
-#: ``(pixels (N, 3, H, W), texts: N lists) -> N lists of row dicts``. Optional attributes the
-#: engine reads: ``config()`` (recorded in the job's configuration), ``to_table(rows)`` (an Arrow
-#: table of a shard's rows; default :func:`.table.to_table`), ``text_maps`` (default schema with
-#: word maps), ``splits_texts`` (``False``: a failing image is not retried text by text),
-#: ``refused_texts(texts) -> {text: reason}`` (texts it must not explain, e.g. longer than the
-#: model's context: error rows with ``"code": "text_too_long"``).
-BatchExplainer = Callable[[torch.Tensor, Sequence[Sequence[str]]], List[List[Dict[str, Any]]]]
+__all__ = ["BatchExplainer", "JobSpec", "RunSummary", "explain_dataset", "run", "run_job"]
+
 Rows = List[Dict[str, Any]]
+Errors = List[ErrorRow]
 
 
 def _no_fault(rank: int, written: int) -> None:
@@ -110,7 +115,7 @@ class _Shard:
     index: int
     left: int
     rows: Rows = field(default_factory=list)
-    errors: Rows = field(default_factory=list)
+    errors: Errors = field(default_factory=list)
     inputs: List[WorkInput] = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
 
@@ -124,26 +129,13 @@ def _batches(shards: List[range], batch_size: int) -> List[List[int]]:
     return [list(r[s:s + batch_size]) for r in shards for s in range(0, len(r), batch_size)]
 
 
-def _error(key: Optional[str], reason: str, text: Optional[str] = None, index: Optional[int] = None,
-           code: Optional[str] = None) -> Dict[str, Any]:
-    """An error record; ``index`` (the input's, kept in memory only) ties it to its input."""
-    rec: Dict[str, Any] = {"image": key, "error": reason}
-    if text is not None:
-        rec["text"] = text
-    if code is not None:
-        rec["code"] = code
-    if index is not None:
-        rec["_input"] = index
-    return rec
-
-
 @dataclass
 class Outcome:
     """What explaining some inputs gave: ``rows``, ``errors`` and the first exception an error
     row came from (``failure``)."""
 
     rows: Rows = field(default_factory=list)
-    errors: Rows = field(default_factory=list)
+    errors: Errors = field(default_factory=list)
     failure: Optional[Exception] = None
 
     def add(self, other: "Outcome") -> None:
@@ -165,13 +157,13 @@ def _attempt(explain: BatchExplainer, inputs: Sequence[WorkInput]) -> Tuple[Opti
 def _text_by_text(explain: BatchExplainer, x: WorkInput, failure: Exception) -> Outcome:
     """One image whose call failed with ``failure``: its texts one at a time, or (an explainer
     with ``splits_texts = False``, whose texts go together) one error row for the image."""
-    if not getattr(explain, "splits_texts", True):
-        return Outcome(errors=[_error(x.key, _reason(failure), index=x.index)], failure=failure)
+    if not explain.splits_texts:
+        return Outcome(errors=[ErrorRow(x.key, _reason(failure), input=x.index)], failure=failure)
     out = Outcome()
     for j, t in enumerate(x.texts):
         rows, e = _attempt(explain, [WorkInput(x.index, x.key, x.pixels, (t,), positions=(x.position(j),))])
         if rows is None:
-            out.add(Outcome(errors=[_error(x.key, _reason(e), t, x.index)], failure=e))
+            out.add(Outcome(errors=[ErrorRow(x.key, _reason(e), t, input=x.index)], failure=e))
         else:
             out.rows += rows[:1]
     return out
@@ -198,8 +190,6 @@ class _Runner:
 
     def __init__(self, explain: BatchExplainer, out: Path, log: Any) -> None:
         self.explain, self.out, self.log = explain, out, log
-        text_maps = bool(getattr(explain, "text_maps", False))
-        self.to_table = getattr(explain, "to_table", None) or (lambda rows: to_table(rows, text_maps))
         self.rows_done = 0
         self.first_failure: Optional[Exception] = None
         self.written = 0
@@ -214,7 +204,7 @@ class _Runner:
             shard.inputs.append(x)
             x = self._refuse_texts(x, shard) if x.error is None else x
             if x.error is not None:
-                shard.errors.append(_error(x.key, x.error, index=x.index))
+                shard.errors.append(ErrorRow(x.key, x.error, input=x.index))
             elif x.texts:
                 groups.setdefault(tuple(x.pixels.shape), []).append(x)
         for good in groups.values():
@@ -233,19 +223,19 @@ class _Runner:
         """``x`` without the texts the explainer refuses (error rows), or an error if it has none."""
         if not x.texts:
             return _no_texts(x)
-        refuse = getattr(self.explain, "refused_texts", None)
-        refused = refuse(x.texts) if refuse is not None else {}
+        refused = self.explain.refused_texts(x.texts)
         if not refused:
             return x
         keep = [j for j, t in enumerate(x.texts) if t not in refused]
-        shard.errors += [_error(x.key, refused[t], t, x.index, "text_too_long") for t in x.texts if t in refused]
+        shard.errors += [ErrorRow(x.key, str(refused[t]), t, getattr(refused[t], "code", TEXT_TOO_LONG), x.index)
+                         for t in x.texts if t in refused]  # text_checks.Problem carries its code
         return WorkInput(x.index, x.key, x.pixels, tuple(x.texts[j] for j in keep), positions=tuple(keep))
 
     def finish(self, shard: _Shard, rank: int) -> None:
-        inputs = account_for(shard, getattr(self.explain, "splits_texts", True))
+        inputs = account_for(shard, self.explain.splits_texts)
         rows = [{k: v for k, v in r.items() if k != "_input"} for r in shard.rows]
-        errors = [{k: v for k, v in e.items() if k != "_input"} for e in shard.errors]
-        store.write_shard(self.out, shard.index, self.to_table(rows), errors, inputs)
+        errors = [e.to_dict() for e in shard.errors]
+        store.write_shard(self.out, shard.index, self.explain.to_table(rows), errors, inputs.to_dict())
         self.written += 1
         print(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "shard": shard.index, "rows": len(shard.rows),
                           "errors": len(shard.errors), "seconds": round(time.perf_counter() - shard.t0, 3)}),
@@ -253,22 +243,21 @@ class _Runner:
         after_shard(rank, self.written)
 
 
-def account_for(shard: _Shard, per_text: bool = True) -> Dict[str, Optional[int]]:
+def account_for(shard: _Shard, per_text: bool = True) -> InputCounts:
     """What became of the shard's inputs (see :data:`.store.INPUT_COUNTS`); an input with
     neither a row nor an error (an explainer that returned fewer rows than texts) gets an error
     row here, so that no input is lost without a word. ``per_text=False`` (an explainer whose rows
     are not one per text, ``splits_texts = False``): images only."""
     with_rows = {r["_input"] for r in shard.rows}
+    images = len(shard.inputs)
     if not per_text:
         for x in shard.inputs:
-            if x.index not in with_rows and not any(e["_input"] == x.index for e in shard.errors):
-                shard.errors.append(_error(x.key, "the explainer returned no row for this image", index=x.index))
-        images = len(shard.inputs)
-        return {"images": images, "images_with_rows": len(with_rows), "images_only_in_errors": images - len(with_rows),
-                "texts": None, "rows": len(shard.rows), "text_errors": None}
-    failed = {e["_input"] for e in shard.errors if "text" not in e}
+            if x.index not in with_rows and not any(e.input == x.index for e in shard.errors):
+                shard.errors.append(ErrorRow(x.key, "the explainer returned no row for this image", input=x.index))
+        return InputCounts(images, len(with_rows), images - len(with_rows), None, len(shard.rows), None)
+    failed = {e.input for e in shard.errors if not e.per_text}
     covered = {(r["_input"], r["text_index"]) for r in shard.rows}
-    text_errors = {(e["_input"], e["text"]) for e in shard.errors if "text" in e}
+    text_errors = {(e.input, e.text) for e in shard.errors if e.per_text}
     texts = 0
     for x in shard.inputs:
         if x.error is not None or x.index in failed:
@@ -276,11 +265,9 @@ def account_for(shard: _Shard, per_text: bool = True) -> Dict[str, Optional[int]
         texts += len(x.texts)
         for j, t in enumerate(x.texts):
             if (x.index, j) not in covered and (x.index, t) not in text_errors:
-                shard.errors.append(_error(x.key, "the explainer returned no row for this text", t, x.index))
+                shard.errors.append(ErrorRow(x.key, "the explainer returned no row for this text", t, input=x.index))
                 text_errors.add((x.index, t))
-    images = len(shard.inputs)
-    return {"images": images, "images_with_rows": len(with_rows), "images_only_in_errors": images - len(with_rows),
-            "texts": texts, "rows": len(shard.rows), "text_errors": len(text_errors)}
+    return InputCounts(images, len(with_rows), images - len(with_rows), texts, len(shard.rows), len(text_errors))
 
 
 def _loader(dataset: Any, batches: List[List[int]], num_workers: int) -> Iterator[List[WorkInput]]:
@@ -370,11 +357,12 @@ def _progress(total: int, ranks: "dist.Ranks", enabled: bool) -> Any:
                 disable=not enabled, dynamic_ncols=True)
 
 
-def run(dataset: Any, explainer: BatchExplainer, out: Path, ranks: "dist.Ranks", *, batch_size: int,
-        shard_size: int, num_workers: int = 2, progress: bool = True) -> Dict[str, Any]:
+def run(dataset: Any, explainer: Any, out: Path, ranks: "dist.Ranks", *, batch_size: int,
+        shard_size: int, num_workers: int = 2, progress: bool = True) -> RunSummary:
     """This rank's unfinished shards of ``dataset``, then (rank 0) the manifest. Call
-    :func:`start` first. Returns the run's summary (the manifest's ``totals`` and this run's
-    ``images``, ``wall_s``, ``images_per_s``, ``skipped_shards``).
+    :func:`start` first (or use :func:`run_job`, which does both). ``explainer``: a
+    :class:`~.protocols.BatchExplainer` (anything else callable gets its defaults,
+    :func:`~.protocols.as_batch_explainer`). Returns the run's :class:`~.records.RunSummary`.
 
     Raises:
         ScaleError: a shard is missing at the end, the disk is full, the inputs do not add up.
@@ -384,7 +372,7 @@ def run(dataset: Any, explainer: BatchExplainer, out: Path, ranks: "dist.Ranks",
     _check_finished(out, len(shards), ranks)
     mine = [i for i in range(len(shards)) if i % ranks.world == ranks.rank]
     todo = [i for i in mine if not store.is_done(out, i)]
-    runner = _Runner(explainer, out, open(out / "logs" / f"rank-{ranks.rank}.log", "a"))
+    runner = _Runner(as_batch_explainer(explainer), out, open(out / "logs" / f"rank-{ranks.rank}.log", "a"))
     t0 = time.perf_counter()
     images = sum(len(shards[i]) for i in todo)
     with runner.log, _progress(images, ranks, progress) as bar:
@@ -399,64 +387,107 @@ def run(dataset: Any, explainer: BatchExplainer, out: Path, ranks: "dist.Ranks",
             if shard.left == 0:
                 runner.finish(shard, ranks.rank)
                 shard = None
-    wall = time.perf_counter() - t0
-    stats = ranks.gather({"images": images, "skipped": len(mine) - len(todo), "wall": wall})
+    stats = ranks.gather({"images": images, "skipped": len(mine) - len(todo), "wall": time.perf_counter() - t0})
+    return _summary(len(dataset), stats, _finalize(out, len(shards), ranks), ranks)
+
+
+def _finalize(out: Path, n_shards: int, ranks: "dist.Ranks") -> Optional[Dict[str, Any]]:
+    """Rank 0 writes the manifest (:func:`.store.finalize`) and returns it; every rank raises
+    rank 0's error (other ranks return ``None``)."""
     message, manifest = None, None
     if ranks.rank == 0:
         try:
-            manifest = store.finalize(out, len(shards), {"versions": versions(), "world_size": ranks.world})
+            manifest = store.finalize(out, n_shards, {"versions": versions(), "world_size": ranks.world})
         except store.ScaleError as e:
             message = str(e)
     message = ranks.broadcast(message)
     if message:
         raise store.ScaleError(message)
+    return manifest
+
+
+def _summary(n: int, stats: List[Dict[str, Any]], manifest: Optional[Dict[str, Any]],
+             ranks: "dist.Ranks") -> RunSummary:
+    """The run's summary from every rank's ``stats`` and (rank 0) the manifest's totals."""
     done = sum(s["images"] for s in stats)
     wall = max(s["wall"] for s in stats)
-    summary = {"images": len(dataset), "images_this_run": done, "skipped_shards": sum(s["skipped"] for s in stats),
-               "wall_s": round(wall, 3), "images_per_s": round(done / wall, 3) if wall > 0 and done else 0.0,
-               "world_size": ranks.world}
+    totals: Dict[str, Any] = {}
     if manifest is not None:
-        summary.update(pairs=manifest["totals"]["rows"], errors=manifest["totals"]["errors"],
-                       shards=manifest["totals"]["shards"], texts_too_long=manifest["warnings"]["texts_too_long"])
-    return summary
+        totals = dict(pairs=manifest["totals"]["rows"], errors=manifest["totals"]["errors"],
+                      shards=manifest["totals"]["shards"], texts_too_long=manifest["warnings"]["texts_too_long"])
+    return RunSummary(images=n, images_this_run=done, skipped_shards=sum(s["skipped"] for s in stats),
+                      wall_s=round(wall, 3), images_per_s=round(done / wall, 3) if wall > 0 and done else 0.0,
+                      world_size=ranks.world, rank=ranks.rank, **totals)
 
 
-def explain_dataset(dataset: Any, explainer: BatchExplainer, out: "str | Path", *,
+def run_job(spec: JobSpec) -> RunSummary:
+    """Run the dataset job ``spec`` on this rank: the ranks torchrun started (or one process,
+    :func:`captum_gradeclip.distributed.session`), the output folder prepared for
+    ``spec.config`` (:func:`prepared`: a ``spec.load`` that fails leaves no job behind), the
+    dataset and explainer that ``spec.load(device)`` gives, then :func:`run`.
+
+    Returns:
+        The run's :class:`~.records.RunSummary` (on every rank; the totals on rank 0).
+
+    Raises:
+        ValueError: an empty dataset, or a batch or shard size below 1.
+        ScaleError: ``spec.out`` is not writable, holds another job, or a shard is missing at
+            the end; and what ``spec.load`` raises.
+    """
+    _check_sizes(spec.n_items, spec.batch_size, spec.shard_size)
+    out = Path(spec.out)
+    with dist.session(spec.device) as ranks:
+        with prepared(out, job_config(spec.config, spec.n_items, spec.shard_size, spec.batch_size), ranks):
+            dataset, explainer = spec.load(ranks.device)
+        if len(dataset) != spec.n_items:
+            raise ValueError(f"the job says {spec.n_items} items, its dataset has {len(dataset)}")
+        return run(dataset, explainer, out, ranks, batch_size=spec.batch_size, shard_size=spec.shard_size,
+                   num_workers=spec.num_workers, progress=spec.progress)
+
+
+def _check_sizes(n: int, batch_size: int, shard_size: int) -> None:
+    if n == 0 or batch_size < 1 or shard_size < 1:
+        raise ValueError(f"need a non-empty dataset and sizes >= 1, got {n} items, "
+                         f"batch_size={batch_size}, shard_size={shard_size}")
+
+
+def explain_dataset(dataset: Any, explainer: Any, out: "str | Path", *,
                     config: Optional[Dict[str, Any]] = None, batch_size: int = 16, shard_size: int = 256,
-                    num_workers: int = 2, progress: bool = True, device: str = "auto") -> Dict[str, Any]:
+                    num_workers: int = 2, progress: bool = True, device: str = "auto") -> RunSummary:
     """Explain every ``(image, texts)`` of a map-style ``dataset`` into Parquet shards under
-    ``out``: sharded over the ranks torchrun starts (or one process), resumable.
+    ``out``: sharded over the ranks torchrun starts (or one process), resumable (a
+    :class:`~.job.JobSpec` whose dataset and explainer are already built, run by :func:`run_job`).
 
     Args:
         dataset: ``len(dataset)`` items; ``dataset[i] -> (key: str, pixels (3, H, W), texts:
             list of str)``, in a fixed order (the shards are cut from it). An item that raises
             becomes an error row.
-        explainer: ``(pixels (N, 3, H, W), texts: N lists) -> N lists of rows`` (e.g.
-            :class:`~.explain.CLIPExplainer`, or :class:`~.explain.AttributeAllExplainer` around
-            any attribution with ``attribute_all``).
+        explainer: a :class:`~.protocols.BatchExplainer`, ``(pixels (N, 3, H, W), texts: N
+            lists) -> N lists of rows`` (e.g. :class:`~.explain.CLIPExplainer`, or
+            :class:`~.explain.AttributeAllExplainer` around any attribution with
+            ``attribute_all``); a plain callable gets the defaults of
+            :class:`~.protocols.BaseBatchExplainer`.
         out: the output folder (created; rerunning the same job resumes it).
         config: what identifies the job besides its size (model, options, inputs): a rerun
-            with another configuration is refused. ``explainer.config()`` is added when it exists.
+            with another configuration is refused. ``explainer.config()`` is added (as
+            ``"explainer"``) unless it is ``None``.
         batch_size, shard_size: images per batch and per shard (both fix the maps' bits).
         num_workers: ``DataLoader`` workers decoding images.
         progress: show a progress bar.
         device: see :func:`captum_gradeclip.distributed.init`.
 
     Returns:
-        The summary dict of :func:`run` (on every rank; totals on rank 0).
+        The :class:`~.records.RunSummary` of :func:`run` (on every rank; totals on rank 0).
 
     Raises:
         ScaleError: ``out`` is not writable, holds another job, or a shard is missing at the end.
         ValueError: an empty dataset, or a batch or shard size below 1.
     """
-    if len(dataset) == 0 or batch_size < 1 or shard_size < 1:
-        raise ValueError(f"need a non-empty dataset and sizes >= 1, got {len(dataset)} items, "
-                         f"batch_size={batch_size}, shard_size={shard_size}")
+    _check_sizes(len(dataset), batch_size, shard_size)
+    explainer = as_batch_explainer(explainer)
     cfg = dict(config or {})
-    if hasattr(explainer, "config"):
-        cfg["explainer"] = explainer.config()
-    out = Path(out)
-    with dist.session(device) as ranks:
-        start(out, job_config(cfg, len(dataset), shard_size, batch_size), ranks)
-        return run(dataset, explainer, out, ranks, batch_size=batch_size, shard_size=shard_size,
-                   num_workers=num_workers, progress=progress)
+    described = explainer.config()
+    if described is not None:
+        cfg["explainer"] = described
+    return run_job(JobSpec(Path(out), cfg, len(dataset), lambda device: (dataset, explainer), batch_size=batch_size,
+                           shard_size=shard_size, num_workers=num_workers, progress=progress, device=device))

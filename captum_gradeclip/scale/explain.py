@@ -20,6 +20,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..methods import GradECLIPOptions, build, get_method
 from ..text_checks import text_problems
+from .protocols import BaseBatchExplainer
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import LoadedCLIP
@@ -69,7 +70,7 @@ def _rows(maps: Tensor, scores: Tensor, columns: Dict[str, int], texts: Sequence
             for n, ts in enumerate(texts)]
 
 
-class AttributeAllExplainer:
+class AttributeAllExplainer(BaseBatchExplainer):
     """Any attribution with ``attribute_all(pixels (N, 3, H, W)) -> (N, K, h, w)`` whose ``K``
     columns are the fixed ``texts``: every image of the dataset must ask for texts among them.
 
@@ -145,7 +146,7 @@ def explainer_options(method: str = "grad-eclip", *, layers: Sequence[int] = (-1
     return ExplainerOptions(method=method, **options)
 
 
-class CLIPExplainer:
+class CLIPExplainer(BaseBatchExplainer):
     """Maps of a registered image method (default Grad-ECLIP) and, with ``text_maps``, Grad-ECLIP
     word maps, for a loaded CLIP: the engine's batch explainer.
 

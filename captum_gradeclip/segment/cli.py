@@ -28,7 +28,7 @@ class KeyedImages:
         return len(self.keys)
 
     def __getitem__(self, i: int) -> Tuple[str, Any, Tuple[str]]:
-        from ..benchmark.imagenet import to_uint8
+        from ..images import to_uint8
 
         return self.keys[i], to_uint8(self.open(i)), (self.keys[i],)
 
@@ -65,14 +65,12 @@ def images_of(args: argparse.Namespace) -> KeyedImages:
 
 def cmd_segment(args: argparse.Namespace) -> None:
     """Run the job on this rank; rank 0 writes ``OUT/scores.json`` (with ``--masks``) and prints."""
-    from .. import distributed as dist
-    from ..benchmark.imagenet import map_input_for
-    from ..options_cli import method_and_options
     from ..methods import build, resolve_layers
-    from ..models import check_choice, load
+    from ..models import check_choice
+    from ..options_cli import method_and_options
     from ..scale.data import read_prompts
+    from ..scale.engine import JobSpec, run_job
     from ..text_checks import check_texts
-    from ..scale.engine import job_config, prepared, run
     from ..scale.store import require_pyarrow
     from .job import SegmentExplainer, SegmentOptions, summarise
 
@@ -92,21 +90,24 @@ def cmd_segment(args: argparse.Namespace) -> None:
     config = {"model": {"hf": args.model, "open_clip": args.open_clip}, "images": data.keys,
               "method": method, "gradeclip": options.describe(), "map_input": args.map_input,
               "options": SegmentExplainer.describe(opts)}
-    with dist.session("cpu") as ranks:
-        with prepared(out, job_config(config, len(data), args.shard_size, args.batch_size), ranks):
-            clip = load(args.model, args.open_clip)
-            check_texts(clip, prompts + background, allow_unknown_words=args.allow_unknown_words)
-            resolve_layers(options.layers, clip.image_layers)
-            sim = clip.image_similarity(*clip.tokens(prompts + background))
-            if hasattr(sim, "interpolate_pos_encoding"):
-                sim.interpolate_pos_encoding = True
-            explainer = SegmentExplainer(build(method, clip, sim, options),
-                                         map_input_for(clip, args.map_input), opts)
-        summary = run(data, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
-                      num_workers=1, progress=not args.no_progress)
-    if ranks.rank != 0:
+
+    def load(device: Any) -> Tuple[KeyedImages, SegmentExplainer]:
+        from ..images import map_input_for
+        from ..models import load as load_model
+
+        clip = load_model(args.model, args.open_clip)
+        check_texts(clip, prompts + background, allow_unknown_words=args.allow_unknown_words)
+        resolve_layers(options.layers, clip.image_layers)
+        sim = clip.image_similarity(*clip.tokens(prompts + background))
+        if hasattr(sim, "interpolate_pos_encoding"):
+            sim.interpolate_pos_encoding = True
+        return data, SegmentExplainer(build(method, clip, sim, options), map_input_for(clip, args.map_input), opts)
+
+    summary = run_job(JobSpec(out, config, len(data), load, batch_size=args.batch_size, shard_size=args.shard_size,
+                              num_workers=1, progress=not args.no_progress, device="cpu"))
+    if not summary.is_main:
         return
-    print(f"{out}: {summary['images']} images, {summary['errors']} errors; label PNGs in {out / 'labels'}, "
+    print(f"{out}: {summary.images} images, {summary.errors} errors; label PNGs in {out / 'labels'}, "
           f"overlays in {out / 'overlays'}", file=sys.stderr)
     if opts.masks is not None:
         scores = summarise(out, prompts)
