@@ -67,3 +67,16 @@ def test_demo_labels_carry_the_study_table_numbers():
     assert len(DEMO_ROWS) == 2
     for _, config, score in DEMO_ROWS:
         assert score == pointing[names[(config.layers, config.spatial)]]
+
+
+def test_ci_installs_what_the_readme_says():
+    """.ci/run's main environment is "the README's set-up, as written there": the same torch pin
+    and the same extras as the README's install lines."""
+    readme = (ROOT / "README.md").read_text().split("## Install", 1)[1].split("\n## ", 1)[0]
+    ci = (ROOT / ".ci" / "run").read_text()
+    extras = re.search(r'^EXTRAS_MAIN="(\[[^"]+\])"', ci, re.M).group(1)
+    assert f'pip install -e ".{extras}"' in readme
+    assert "pip install -q torch==2.13.0" in ci and "pip install torch==2.13.0" in readme
+    assert "docs" in extras.strip("[]").split(",")
+    assert ci.rstrip().splitlines()[-1] == "python -m pytest tests -q"
+    assert "python -m pytest tests -q" in readme
