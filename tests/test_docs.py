@@ -62,6 +62,9 @@ def test_api_page_shows_the_docstrings_shapes(site):
     shape = "attribute_all(pixel_values) -> (N, K, h, w)"
     assert shape in ImageGradECLIP.__doc__.replace("``", "")
     assert shape in section and "(N, 1, h, w)" in section
+    # the inherited entry points are documented under the classes users construct
+    for name in ("ImageGradECLIP.attribute", "ImageGradECLIP.attribute_all", "TextGradECLIP.attribute"):
+        assert f'id="captum_gradeclip.{name}"' in source, name
 
 
 @pytest.mark.slow
