@@ -80,3 +80,20 @@ def test_ci_installs_what_the_readme_says():
     assert "docs" in extras.strip("[]").split(",")
     assert ci.rstrip().splitlines()[-1] == "python -m pytest tests -q"
     assert "python -m pytest tests -q" in readme
+
+
+def test_readme_lists_every_command_with_its_page():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "captum_gradeclip", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    commands = re.search(r"\{([a-z,-]+)\}", run.stdout).group(1).split(",")
+    assert len(commands) >= 9
+    table = (ROOT / "README.md").read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| `captum-gradeclip ")]
+    for command in commands:
+        row = [r for r in rows if r.startswith(f"| `captum-gradeclip {command}")]
+        assert row, f"the README's command table has no line for `{command}`"
+        assert re.search(r"\]\(docs/[a-z_/]+\.md(#[a-z-]+)?\)", row[0]), row[0]
