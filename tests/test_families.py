@@ -336,8 +336,8 @@ def test_readme_model_families_block_runs():
     import pathlib
     import re
 
-    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", text.split("## Model families", 1)[1], re.S).group(1)
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "families.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text.split("# Model families", 1)[1], re.S).group(1)
     lines = [ln for ln in code.splitlines() if "# needs the hub" not in ln]
     scope = {"vit": vit(), "siglip": siglip(), "blip": blip(), "pixel_values": torch.randn(2, 3, 32, 32),
              "input_ids": torch.randint(2, 50, (3, 8))}
@@ -348,7 +348,7 @@ def test_readme_model_families_block_runs():
             img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5).eval())
     except ImportError:
         lines = [ln for ln in lines if "net" not in ln]
-    exec(compile("\n".join(lines), "README model families", "exec"), scope)
+    exec(compile("\n".join(lines), "docs/families.md", "exec"), scope)
     assert scope["cls_map"].shape == (2, 1, 4, 4) and scope["sig_maps"].shape == (2, 3, 4, 4)
     assert scope["sig_words"].shape == (3, 8) and scope["blip_words"].shape == scope["blip_ids"].shape
 

@@ -218,15 +218,15 @@ def test_text_pool_types(pixels):
 
 
 def test_readme_open_clip_quickstart_runs():
-    """The README's open_clip snippet, with ``pretrained=None`` (random weights, offline) in
-    place of ``pretrained="openai"`` (a download)."""
-    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """The docs' open_clip snippet (docs/explain.md), with ``pretrained=None`` (random weights,
+    offline) in place of ``pretrained="openai"`` (a download)."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "explain.md").read_text()
     section = text.split("**open_clip / OpenAI CLIP**", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert 'pretrained="openai"' in code
     code = code.replace('pretrained="openai"', "pretrained=None")
     scope: dict = {}
-    exec(compile(code, "README open_clip quickstart", "exec"), scope)
+    exec(compile(code, "docs/explain.md open_clip example", "exec"), scope)
     assert scope["attr"].shape == (1, 1, 7, 7) and torch.isfinite(scope["attr"]).all()
     assert scope["all_maps"].shape == (1, len(scope["texts"]), 7, 7)
     assert scope["words"].shape == scope["tokens"].shape == (len(scope["texts"]), 77)

@@ -186,12 +186,12 @@ def test_text_maps_and_class_prompts(tmp_path):
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "dataset.md").read_text()
     section = text.split("**From Python**", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(code, "README explain_dataset example", "exec"), scope)
+    exec(compile(code, "docs/dataset.md explain_dataset example", "exec"), scope)
     assert scope["summary"].pairs == sum(len(sc.prompts) for sc in scope["scenes"])
     assert len(scope["maps"]) == 8 and all(m.shape == (8, 8) for m in scope["maps"].values())
 

@@ -202,10 +202,12 @@ class AttentionLayerAttribution(LayerAttribution, GradientAttribution):
 
     # ---- Captum's attribution protocol -------------------------------------------------------
     def has_convergence_delta(self) -> bool:
+        """Captum's protocol: ``False``, no convergence delta (the map is not a completeness decomposition)."""
         return False
 
     @property
     def multiplies_by_inputs(self) -> bool:
+        """Captum's protocol: ``False``, the map is not multiplied by the inputs."""
         return False
 
     # ---- what a method defines ---------------------------------------------------------------

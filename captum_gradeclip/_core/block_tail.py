@@ -31,6 +31,9 @@ _ATTN = ("self_attn", "attn", "attention")
 
 
 class BlockTail:
+    """The row-wise tail of a pre-LN block (residual, ``ln2``, ``mlp``) after ``adapter``'s attention,
+    through which ``dS/do`` at the pooled row ``(K, B, 1, D)`` is carried without a backward over all
+    ``L`` tokens; :meth:`find` returns ``None`` for any other structure (then the full backward runs)."""
     def __init__(self, block: nn.Module, adapter: AttentionAdapter, ln2: nn.Module, mlp: nn.Module) -> None:
         self.block, self.adapter, self.ln2, self.mlp = block, adapter, ln2, mlp
 

@@ -55,7 +55,9 @@ class TextScoreFunction(ScoreFunction, Protocol):
     pools another token than EOS (BLIP's CLS, SigLIP's last token).
     """
 
-    def eos_positions(self, input_ids: Tensor) -> Tensor: ...
+    def eos_positions(self, input_ids: Tensor) -> Tensor:
+        """``input_ids (T, L)`` -> ``(T,)`` long: the position the text tower pools."""
+        ...
 
 
 class EmbeddingSimilarity(ImageScoreFunction, Protocol):

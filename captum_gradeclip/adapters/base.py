@@ -171,6 +171,7 @@ def first_param(module: nn.Module) -> str:
 
 
 def is_linear(m: Any) -> bool:
+    """``m`` is an ``nn.Linear`` (how the adapters recognise projections, by structure)."""
     return isinstance(m, nn.Linear)
 
 

@@ -30,6 +30,9 @@ def _model_mask(kwargs: dict, mod: nn.Module, x: Tensor) -> Optional[Tensor]:
 
 
 class QKVOutProjAdapter(AttentionAdapter):
+    """Attention with ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` linear modules (Hugging Face
+    CLIP, SigLIP and others, under every attention backend): hooks on the four modules read
+    ``q, k, v (B, L, D)`` and the heads' concatenation ``o (B, L, D)`` before ``out_proj``."""
     name = "q_proj/k_proj/v_proj/out_proj attention"
 
     @classmethod

@@ -33,6 +33,8 @@ class AttentionRow(AttentionLayerAttribution):
     needs_grad = False
 
     def combine(self, layers: List[LayerTokens], *, relu: bool, targets: Any, n_targets: int) -> Tensor:
+        """``(K, B, L)``: the last layer's pooled-row attention ``(B, L)``, heads averaged, the same for
+        each of the ``K`` targets (``relu`` and ``targets`` change nothing: attention is not signed)."""
         layer = layers[-1]
         a = full_attention(layer).mean(1)  # heads averaged
         return _for_every_target(layer.only_scored(layer.at_pooled(a)), n_targets)
@@ -46,6 +48,8 @@ class Rollout(AttentionLayerAttribution):
     needs_grad = False
 
     def combine(self, layers: List[LayerTokens], *, relu: bool, targets: Any, n_targets: int) -> Tensor:
+        """``(K, B, L)``: the pooled row of ``prod_l (0.5 A_l + 0.5 I)`` (rows renormalised, heads
+        averaged) over the layers first to last, the same for each of the ``K`` targets."""
         r = None
         for layer in layers:
             a = full_attention(layer).mean(1)
@@ -64,6 +68,8 @@ class Relevance(AttentionLayerAttribution):
     pooled_grad_only = False  # needs the gradient at every token
 
     def combine(self, layers: List[LayerTokens], *, relu: bool, targets: Any, n_targets: int) -> Tensor:
+        """``(K, B, L)``: the pooled row of the relevance ``R`` accumulated over the layers, one per
+        target (``grad_A`` from each target's ``dS/do``, ``(K, B, L, D)``)."""
         r = None
         for layer in layers:
             cap = layer.capture

@@ -29,6 +29,11 @@ class TokenGradCAM(AttentionLayerAttribution):
         super().__init__(forward_func, layer, device_ids, layout=ImageLayout(forward_func, patch_size))
 
     def grad_sources(self, capture: Capture) -> List[Tensor]:
+        """The gradient is taken at the attention's input, ``(B, L, D)`` (after the block's LayerNorm).
+
+        Raises:
+            TypeError: an attention without token inputs (ResNet attention pooling).
+        """
         if capture.layer_input is None:
             raise TypeError("TokenGradCAM needs a transformer block (its attention reads token inputs); "
                             "for a ResNet tower use Captum's LayerGradCam on the last stage (e.g. "
@@ -36,6 +41,8 @@ class TokenGradCAM(AttentionLayerAttribution):
         return [capture.layer_input]
 
     def combine(self, layers: List[LayerTokens], *, relu: bool, targets: Any, n_targets: int) -> Tensor:
+        """``(K, B, L)``: ``sum_c w_c x_i,c`` with ``w (K, B, D)`` the gradient averaged over the scored
+        tokens and ``x (B, L, D)`` the attention's input; ReLU unless ``relu=False``."""
         layer = layers[-1]
         cap = layer.capture
         x = cap.batch_first(cap.layer_input.detach().float())  # (B, L, D)

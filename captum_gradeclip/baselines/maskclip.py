@@ -58,6 +58,12 @@ class MaskCLIP(AttentionLayerAttribution):
         super().__init__(forward_func, layer, device_ids, layout=ImageLayout(forward_func, patch_size))
 
     def combine(self, layers: List[LayerTokens], *, relu: bool, targets: Any, n_targets: int) -> Tensor:
+        """``(K, B, L)``: the cosine of each token's dense embedding ``(B, L, E)`` (its value vector through
+        the head) with the target text's embedding ``(K, E)``; no gradient.
+
+        Raises:
+            TypeError: a forward function without ``.model`` / ``.text_embeds``.
+        """
         sim = self.forward_func
         model = getattr(sim, "model", None)
         if model is None or not hasattr(sim, "text_embeds"):

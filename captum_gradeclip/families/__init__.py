@@ -1,6 +1,6 @@
 """Forward functions and token layouts for model families beyond CLIP: image classifiers
 (Hugging Face ViT / DeiT, timm ViT), SigLIP / SigLIP 2, and BLIP's contrastive branch. See the
-README's "Model families" table for which layer to pass and what is pooled."""
+docs' "Model families" page (``docs/families.md``) for which layer to pass and what is pooled."""
 
 from .blip import BlipImageTextSimilarity, BlipTextImageSimilarity
 from .classifier import ImageClassifierLogits, classifier_layers
