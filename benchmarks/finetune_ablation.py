@@ -47,7 +47,7 @@ from captum_gradeclip.shapes.seeds import SEEDS
 CHOOSE, REPORT, CALIBRATION = ((SEEDS[f"finetune-ablation-{k}"].start, len(SEEDS[f"finetune-ablation-{k}"]))
                                for k in ("choose", "report", "calibration"))
 PACKAGE_SCENES = 500
-#: The pre-ablation default (the README's first tables), every variant off.
+#: The pre-ablation default (docs/finetune.md's first tables), every variant off.
 BASE = FinetuneConfig(confidence=False, focal_gamma=0.0, region_form="softmax", momentum=0.0, distill=0.0,
                       freeze_projection=False, region_weight=1.0)
 VARIANTS: Dict[str, Dict[str, Any]] = {

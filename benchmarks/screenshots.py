@@ -1,4 +1,4 @@
-"""The README's screenshots, from the same browser runs as tests/test_browser.py::
+"""The docs' screenshots, from the same browser runs as tests/test_browser.py::
 
     python benchmarks/screenshots.py [--out docs]
 

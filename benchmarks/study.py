@@ -18,7 +18,7 @@ then *reported* on the benchmark's scenes (seeds 0-99, 1 % steps), as the benchm
 
     python benchmarks/study.py --out study.json          # about 10 minutes on 2 CPU cores
 
-prints both tables as markdown (the README's) and writes them to ``--out`` as JSON.
+prints both tables as markdown (docs/study.md's) and writes them to ``--out`` as JSON.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 API_PAGES = {"captum_gradeclip": "api/index.html", "captum_gradeclip.metrics": "api/metrics/index.html",
              "captum_gradeclip.baselines": "api/baselines/index.html",
-             "captum_gradeclip.analysis": "api/analysis/index.html", "captum_gradeclip.scale": "api/scale/index.html"}
+             "captum_gradeclip.analysis": "api/analysis/index.html", "captum_gradeclip.scale": "api/scale/index.html",
+             "captum_gradeclip.methods": "api/methods/index.html", "captum_gradeclip.errors": "api/methods/index.html",
+             "captum_gradeclip.text_checks": "api/methods/index.html"}
 TUTORIAL = "tutorials/gradeclip_shapes/index.html"
 
 

@@ -58,7 +58,7 @@ def test_install_commands_spell_extras_normalised(where):
 
 
 def test_everything_else_spells_extras_normalised():
-    files = [ROOT / "README.md", *sorted((ROOT / "captum_gradeclip").rglob("*.py"))]
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "captum_gradeclip").rglob("*.py"))]
     bad = {
         str(f.relative_to(ROOT)): old
         for f in files

@@ -567,7 +567,7 @@ def test_k7_finetune_pairs_not_utf8(tmp_path):
         read_pairs(tmp_path / "p.jsonl")
 
 
-@pytest.mark.parametrize("bad", [["--layers", "99"], ["--model", "no/such/model"]])
+@pytest.mark.parametrize("bad", [["--layers", "-99"], ["--model", "no/such/model"]])
 def test_k7_failed_start_leaves_no_config_behind(root, tmp_path, capsys, bad):
     out = tmp_path / "out"
     code, err = _cli(capsys, _job(root / "images", out, "--prompts", root / "prompts.txt", extra=bad))

@@ -44,4 +44,4 @@ def family_hint(name: str) -> Optional[str]:
     what, code = HINTS[kind]
     return (f"{name!r} is {what} (model_type {kind!r}): `captum-gradeclip explain` runs CLIP image-text "
             f"models only. Explain it from Python with captum_gradeclip.families:\n  {code}\n"
-            "(see the README's \"Model families\" section)")
+            "(see docs/families.md, \"Model families\")")
