@@ -66,7 +66,8 @@ def test_demo_labels_carry_the_study_table_numbers():
     names = {(1, "cosine"): "last 1, cosine", (3, "cosine_per_head"): "last 3, cosine_per_head"}
     assert len(DEMO_ROWS) == 2
     for _, config, score in DEMO_ROWS:
-        assert score == pointing[names[(config.layers, config.spatial)]]
+        assert config.layers == tuple(range(-len(config.layers), 0))  # the last N layers
+        assert score == pointing[names[(len(config.layers), config.spatial)]]
 
 
 def test_ci_installs_what_the_readme_says():
