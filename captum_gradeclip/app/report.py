@@ -43,14 +43,16 @@ th.asc::after{content:' \\25B2'}th.desc::after{content:' \\25BC'}.strip img{marg
 
 @lru_cache(maxsize=512)
 def _image(root: Optional[str], name: str) -> "Optional[Image.Image]":
-    """The job's image ``name`` under ``root``, reduced to the overlay's size; ``None`` if absent."""
-    from .._io import open_image
+    """The job's image ``name`` under ``root``, reduced to the overlay's size; ``None`` if absent
+    or if ``name`` resolves (``..``, an absolute path, a link) to a file outside ``root``."""
+    from .._io import inside, open_image
     from ..errors import InputError
 
-    if root is None:
+    path = None if root is None else inside(root, name)
+    if path is None:
         return None
     try:
-        return fit(open_image(str(Path(root) / name)), TILE)
+        return fit(open_image(str(path)), TILE)
     except InputError:
         return None
 

@@ -16,18 +16,19 @@ from typing import Any, Dict, List
 from ..errors import CLIError
 
 
-def work_items(args: argparse.Namespace) -> List[Any]:
-    """The sorted work list of ``--images`` with ``--prompts``, ``--pairs`` or ``--class-prompts``.
+def work_items(args: argparse.Namespace, source: Any = None) -> List[Any]:
+    """The sorted work list of ``--images`` with ``--prompts``, ``--pairs`` or ``--class-prompts``
+    (or of the opened ``--hf-dataset`` / ``--webdataset`` ``source``).
 
     Raises:
         CLIError: see :mod:`.data`.
     """
     from .data import class_items, pair_items, prompt_items, read_prompts
 
-    if args.hf_dataset or args.webdataset:  # datasets as users store them: sources.py
+    if source is not None:  # datasets as users store them: sources.py
         from .sources import source_items
 
-        return source_items(args, args.source)
+        return source_items(source, prompts=args.prompts, class_prompts=args.class_prompts)
     if not args.images or not (args.prompts or args.pairs or args.class_prompts):
         raise CLIError("give --images DIR (or --hf-dataset / --webdataset) and --prompts, --pairs or --class-prompts")
     root = Path(args.images)
@@ -119,24 +120,25 @@ def _explain_dataset(args: argparse.Namespace, out: Path) -> None:
 
     require_pyarrow("explain-dataset")
     check_flags(args)
-    if args.hf_dataset or args.webdataset:
-        from .sources import open_source
+    from .sources import open_source, remove_cache, source_config
 
-        args.source = open_source(args)
-    items = work_items(args)
+    config = source_config(vars(args), out)
+    source = open_source(config) if config.given else None
+    items = work_items(args, source)
     with dist.session(args.device) as ranks:
         with prepared(out, job_config(job_description(args, items), len(items), args.shard_size, args.batch_size),
                       ranks):
             clip, explainer = _load_explainer(args, ranks.device)
-        if args.hf_dataset or args.webdataset:
+        if source is not None:
             from .sources import SourceDataset
 
-            dataset = SourceDataset(args.source, items, clip.pixels)
+            dataset = SourceDataset(source, items, clip.pixels)
         else:
             dataset = ImageFolderDataset(Path(args.images), items, clip.pixels)
         summary = run(dataset, explainer, out, ranks, batch_size=args.batch_size, shard_size=args.shard_size,
                       num_workers=args.workers, progress=not args.no_progress)
     if ranks.rank == 0:
+        remove_cache(config)
         too_long = summary.get("texts_too_long", 0)
         print(f"{out}: {summary['images']} images, {summary['pairs']} pairs, {summary['errors']} error{'' if summary['errors'] == 1 else 's'}"
               f"{f' ({too_long} texts longer than the model context)' if too_long else ''}; "
