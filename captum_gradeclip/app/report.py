@@ -160,11 +160,21 @@ def errors_html(job: Job) -> str:
                                                if len(job.errors) > MAX_LISTED else "")
 
 
+def status_html(job: Job) -> str:
+    """What the page says first: an incomplete, running or damaged job (``#status``, in red), and
+    how the shards were checked (``#checked``)."""
+    warn = "".join(f"<li>{html.escape(s)}</li>" for s in job.status)
+    box = f"<ul id='status' style='color:#b00;font-weight:bold'>{warn}</ul>" if warn else \
+        "<p id='status'>complete: every shard the manifest lists is here and intact.</p>"
+    return box + f"<p id='checked'><small>{html.escape(job.checked)}</small></p>"
+
+
 def render_html(job: Job, images: Optional[str] = None) -> str:
     """The whole report as one HTML document; ``images``: the job's image folder (its
     ``--images``), for thumbnails and overlays (without it, maps are drawn on grey)."""
     title = f"captum-gradeclip report: {job.folder.name} ({job.kind})"
-    note = "" if images else "<p><i>No --images folder given: maps are drawn without their images.</i></p>"
+    note = status_html(job)
+    note += "" if images else "<p><i>No --images folder given: maps are drawn without their images.</i></p>"
     if job.kind == "benchmark":
         note += "<p>A folder benchmark stores curves and AUCs, not maps: the table shows thumbnails only.</p>"
         note += benchmark_html(job)
@@ -186,6 +196,8 @@ def write_report(out: "str | Path", path: "Optional[str | Path]" = None, caps: O
     from .._io import check_output_dir
     from ..errors import InputError
 
+    if Path(out).is_file():
+        raise InputError(f"{out} is a file: give the job's folder (its --out / --out-dir), e.g. {Path(out).parent}")
     target = Path(path) if path else Path(out) / "report.html"
     if target.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--html must name an .html file, got {target}")
