@@ -88,13 +88,11 @@ def _reduced(im: "Image.Image") -> "Image.Image":
         return _to_8_bit_rgb(ImageOps.exif_transpose(im))
     size = tuple(max(1, round(v * MAX_SHORT_SIDE / short)) for v in im.size)
     im.draft("RGB", size)  # JPEG: decode at the largest 1/2^k scale still >= size; others: no-op
-    if im.mode in ("1", "L"):  # grey: resized as one channel (the same values, a third of the memory)
-        small = im.convert("L")
-        small = small if small.size == size else small.resize(size, resample=3, reducing_gap=2.0)
-        rgb = small.convert("RGB")
-    else:
-        rgb = _to_8_bit_rgb(im)
-        rgb = rgb if rgb.size == size else rgb.resize(size, resample=3, reducing_gap=2.0)  # 3 = BICUBIC
+    im.load()
+    # grey: resized as one channel (the same values, a third of the memory); RGB: no copy before resizing
+    base = im if im.mode in ("L", "RGB") else im.convert("L") if im.mode == "1" else _to_8_bit_rgb(im)
+    small = base.copy() if base.size == size else base.resize(size, resample=3, reducing_gap=2.0)  # 3 = BICUBIC
+    rgb = small.convert("RGB") if small.mode != "RGB" else small
     rgb.info["exif"] = im.info.get("exif", b"")  # convert and resize drop it
     orientation = im.getexif().get(0x0112, 1)
     return ImageOps.exif_transpose(rgb) if orientation != 1 else rgb
