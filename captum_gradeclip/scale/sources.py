@@ -326,6 +326,7 @@ class HFSource:
 
             ds = ds.cast_column(image_column, datasets.Image(decode=False))
         self.ds = ds
+        self._images = ds.select_columns([image_column])  # ds[i] would decode every other column (images too)
         names = getattr(ds.features.get(label_column), "names", None) if label_column else None
         self.classes: List[str] = list(names or [])
         keys, problems = self._keys(key_column)
@@ -378,7 +379,7 @@ class HFSource:
         rec = self.records[i]
         if rec.problem:
             raise InputError(rec.problem)
-        value = self.ds[rec.where][self.image_column]
+        value = self._images[rec.where][self.image_column]
         if isinstance(value, dict) and value.get("bytes"):
             return _decode(value["bytes"], rec.key)
         path = value.get("path") if isinstance(value, dict) else value
