@@ -13,7 +13,6 @@ the row number (Hugging Face); ``KEY.EXT`` of the image member (WebDataset).
 from __future__ import annotations
 
 import glob
-import io
 import re
 import tarfile
 from dataclasses import dataclass
