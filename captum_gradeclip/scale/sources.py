@@ -8,6 +8,15 @@ the engine cuts them into the same shards on any number of ranks (shard ``i`` on
 ``i % world``: no duplicates), resumes them, and turns a record that cannot be decoded into an
 error row. Keys: the ``--key-column`` value, else the file name the image column recorded, else
 the row number (Hugging Face); ``KEY.EXT`` of the image member (WebDataset).
+
+What to read is a :class:`SourceConfig` (the command line builds it: :func:`source_config`).
+Images are decoded by the package's one decoder (:func:`captum_gradeclip._io.open_image`: EXIF
+orientation, 16-bit scaling, reduced decoding, a pixel limit read from the header), so tar and
+Hugging Face rows equal the folder reader's. Every record is accounted for: a duplicate or null
+key, a link or directory member, a name or text that is not UTF-8, a null text becomes an error
+row; a truncated shard or a column of the wrong type, a one-line :class:`InputError`. Keys are
+data, never paths: a job that writes per-record files names them with
+:func:`captum_gradeclip._io.safe_relative_name`.
 """
 
 from __future__ import annotations
