@@ -137,7 +137,8 @@ def summary(job: Job) -> str:
 
 def benchmark_html(job: Job) -> str:
     """A benchmark's averages per method (its ``benchmark.json``) and its plot (``benchmark.png``)."""
-    from PIL import Image
+    from .._io import open_image
+    from ..errors import InputError
 
     res = job.config.get("benchmark", {}).get("image", {})
     keys = list(dict.fromkeys(k for v in res.values() for k in v))
@@ -145,8 +146,10 @@ def benchmark_html(job: Job) -> str:
                    + "</tr>" for m, v in res.items())
     table = f"<table id='averages'><tr><th>method</th>{''.join(f'<th>{k}</th>' for k in keys)}</tr>{rows}</table>"
     png = job.folder / "benchmark.png"
-    plot = f"<p><img class='plot' src='{data_uri(Image.open(png).convert('RGB'), 'JPEG')}' width='720'></p>" \
-        if png.is_file() else ""
+    try:
+        plot = f"<p><img class='plot' src='{data_uri(open_image(png), 'JPEG')}' width='720'></p>" if png.is_file() else ""
+    except InputError as e:  # a damaged or replaced plot: said, not a traceback
+        plot = f"<p><i>benchmark.png not shown: {html.escape(str(e))}</i></p>"
     return f"<h2>Averages per method (benchmark.json)</h2>{table}{plot}"
 
 

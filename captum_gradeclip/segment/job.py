@@ -23,14 +23,18 @@ def read_mask(path: Path) -> Tensor:
     """An index PNG (VOC's palette ``P`` mode, or grey ``L`` / ``I``) -> ``(H, W)`` int64 labels.
 
     Raises:
-        InputError: no such file, not an image, or an RGB mask (colours are not labels: save the
+        InputError: no such file, not an image, more pixels than
+            :data:`~captum_gradeclip._io.MAX_PIXELS`, or an RGB mask (colours are not labels: save the
             indices, e.g. VOC's ``SegmentationClass`` PNGs are palette images and work as they are).
     """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from .._io import image_size
+
     if not path.is_file():
         raise InputError(f"no mask {path}: --masks must hold one PNG per image, at the image's relative path")
+    image_size(path, name=f"mask {path}")  # its header: a mask over the pixel limit is refused undecoded
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
