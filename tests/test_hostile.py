@@ -416,3 +416,28 @@ def test_report_of_a_hostile_job_keeps_to_its_folders(wds, tmp_path, capsys):
     code, err = _cli(capsys, ["report", out / "explain" / "manifest.json"])
     assert code == 2 and len(err) == 1 and "is a file" in err[0]
 
+
+
+def test_segment_masks_are_read_only_inside_masks(tmp_path):
+    """With --masks: a key with ``..`` reads no mask outside --masks (its mask there is a trap:
+    the right size, all foreground), and a mask declaring 13000 x 13000 px is refused undecoded."""
+    from PIL import Image
+
+    masks = tmp_path / "in" / "masks"
+    masks.mkdir(parents=True)
+    Image.new("L", (64, 64), 0).save(masks / "ok.png")
+    (masks / "bomb.png").write_bytes(_bomb())
+    Image.new("L", (64, 64), 1).save(tmp_path / "in" / "evil.png")  # masks/../evil.png
+    with tarfile.open(tmp_path / "in" / "s.tar", "w") as tar:
+        for name in ("ok.png", "bomb.png", "../evil.png"):
+            _add(tar, name, _png(0))
+    (tmp_path / "in" / "p.txt").write_text("a red circle\n")
+    out = tmp_path / "out"
+    before = _files(tmp_path)
+    assert main(["segment", "--webdataset", str(tmp_path / "in" / "s.tar"), "--prompts", str(tmp_path / "in" / "p.txt"),
+                 "--masks", str(masks), "--out", str(out), "--no-progress"]) == 0
+    _nothing_outside(tmp_path, before, out)
+    rows, errors, manifest = _job(out)
+    assert {i for i, _ in rows} == {"ok.png"} and manifest["inputs"]["images"] == 3
+    assert "would lie outside --masks" in errors["../evil.png"][0]
+    assert "13000 x 13000 px" in errors["bomb.png"][0] and "refused before decoding" in errors["bomb.png"][0]
