@@ -368,15 +368,16 @@ def test_app_upload_is_checked_from_its_header(app_image, tmp_path, case, says):
             read_upload(path)
 
 
-@pytest.mark.parametrize("prompt,says", [("a red circle " * 800, "characters"), ("a red circle " * 12, "tokens")])
-def test_app_long_prompts_get_a_message(tmp_path, prompt, says):
+@pytest.mark.parametrize("prompt,caption", [("a red circle " * 800, ""), ("a red circle", "a blue square " * 100)])
+def test_app_long_prompts_get_a_message(tmp_path, prompt, caption):
     from captum_gradeclip.app.ui import run_explain
     from captum_gradeclip.models import load
 
     (tmp_path / "s.png").write_bytes(_png(0))
-    out = run_explain(load(None, None), None, str(tmp_path / "s.png"), prompt, "", ["Grad-ECLIP"], "-1", "cosine",
-                      True)
-    assert out[0].startswith("**Cannot explain:**") and says in out[0] and out[1:] == ("", "", None, None, None)
+    out = run_explain(load(None, None), None, str(tmp_path / "s.png"), prompt, caption, ["Grad-ECLIP"], "-1",
+                      "cosine", True)
+    assert out[0].startswith("**Cannot explain:**") and "characters: give prompts and captions under 1000" in out[0]
+    assert out[1:] == ("", "", None, None, None)
 
 
 def test_app_request_folders_are_bounded(tmp_path):

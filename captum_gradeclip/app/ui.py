@@ -108,24 +108,18 @@ def read_upload(path: Optional[str]) -> Tuple["Image.Image", List[str]]:
     return image, notes
 
 
-def check_texts(clip: "LoadedCLIP", texts: Sequence[str]) -> None:
-    """The page's check of the prompts and the caption: at most :data:`MAX_PROMPT_CHARS`
-    characters, and no more tokens than the model's context (it would explain them cut short).
+def check_text_lengths(texts: Sequence[str]) -> None:
+    """The page's own check of the prompts and the caption, before any tokenizer runs: at most
+    :data:`MAX_PROMPT_CHARS` characters each (the text boxes stop there too; an API call does
+    not). The model's context and vocabulary are the shared text check's (:func:`.explore.explain`).
 
     Raises:
         AppInputError: naming the text, its length and the limit.
     """
-    from ..scale.explain import token_count
-
     for t in texts:
-        shown = t if len(t) <= 40 else t[:37] + "..."
         if len(t) > MAX_PROMPT_CHARS:
-            raise AppInputError(f"\"{shown}\" is {len(t)} characters: give prompts and captions under "
+            raise AppInputError(f"\"{t[:37]}...\" is {len(t)} characters: give prompts and captions under "
                                 f"{MAX_PROMPT_CHARS} (the model reads only its first few dozen words)")
-        n, limit = token_count(clip, t)
-        if limit is not None and n > limit:
-            raise AppInputError(f"\"{shown}\" is {n} tokens, longer than the model's context of {limit}: it would be "
-                                "explained cut short; shorten it")
 
 
 def parse_layers(text: str) -> Tuple[int, ...]:
@@ -187,7 +181,7 @@ def run_explain(clip: "LoadedCLIP", vocabulary: Optional[Collection[str]], image
         req = ExplainRequest(tuple(p.strip() for p in str(prompts or "").splitlines() if p.strip()),
                              tuple(methods or ()), str(caption or "").strip(),
                              GradECLIPOptions(parse_layers(layers), spatial, bool(relu)))
-        check_texts(clip, req.prompts + ((req.caption,) if req.caption else ()))
+        check_text_lengths(req.prompts + ((req.caption,) if req.caption else ()))
         exp = explain(clip, image, req, vocabulary)
         grid = grid_html(image, exp, next(_runs))
         words = "" if exp.words is None else word_map_html(
