@@ -194,6 +194,14 @@ def test_wds_texts_from_members(wds, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "have no texts" in err[0]
 
 
+def test_wds_with_a_pairs_file_is_a_one_line_error(wds, tmp_path, capsys):
+    _, inp, _ = wds
+    (tmp_path / "pairs.jsonl").write_text('{"image": "ok.png", "texts": ["a red circle"]}\n')
+    code, err = _cli(capsys, ["explain-dataset", "--webdataset", inp / "a.tar", "--pairs", tmp_path / "pairs.jsonl",
+                              "--out", tmp_path / "o", *FAST])
+    assert code == 2 and len(err) == 1 and "--pairs names images under --images" in err[0]
+
+
 def _cut(src, dst, at):
     dst.write_bytes(src.read_bytes()[:at])
 

@@ -28,7 +28,7 @@ def work_items(args: argparse.Namespace, source: Any = None) -> List[Any]:
     if source is not None:  # datasets as users store them: sources.py
         from .sources import source_items
 
-        return source_items(source, prompts=args.prompts, class_prompts=args.class_prompts)
+        return source_items(source, prompts=args.prompts, class_prompts=args.class_prompts, pairs=args.pairs)
     if not args.images or not (args.prompts or args.pairs or args.class_prompts):
         raise CLIError("give --images DIR (or --hf-dataset / --webdataset) and --prompts, --pairs or --class-prompts")
     root = Path(args.images)

@@ -508,16 +508,22 @@ class SourceDataset:
         return self.items[i].image, self.to_pixels([self.source.image(i)])[0], self.items[i].texts
 
 
-def source_items(source: Any, *, prompts: Optional[str] = None, class_prompts: Optional[str] = None) -> List[Any]:
+def source_items(source: Any, *, prompts: Optional[str] = None, class_prompts: Optional[str] = None,
+                 pairs: Optional[str] = None) -> List[Any]:
     """explain-dataset's work list over a source, one item per record (in its order): every
     record against the ``prompts`` file, against ``class_prompts`` (a template) of the class
     names, or its own texts (the text column / ``.txt``). A record with a problem is an item
     with that problem (an error row).
 
     Raises:
-        InputError: no texts for a record, class prompts without class names or a bad template.
+        InputError: no texts for a record, class prompts without class names or a bad template, or
+            a ``pairs`` file (it names images under ``--images``; it would be ignored).
     """
     from .data import WorkItem, check_template, read_prompts
+
+    if pairs:
+        raise InputError("--pairs names images under --images; with --hf-dataset / --webdataset the texts come from "
+                         "--text-column (or KEY.txt members), --prompts or --class-prompts")
 
     if prompts:
         texts = tuple(read_prompts(prompts))
