@@ -14,7 +14,10 @@ through its ``gr.Image``), each in its own process: peak resident memory after t
 after reading it, and what the reader said. ``--tree DIR`` runs another checkout's package (e.g.
 the main branch, to compare)::
 
-    python benchmarks/huge_image.py --bomb [--tree /path/to/other/checkout]
+    python benchmarks/huge_image.py --bomb [--app-server] [--tree /path/to/other/checkout]
+
+``--app-server`` also starts ``captum-gradeclip app`` and uploads the PNG with ``gradio_client``
+(the server's peak resident memory before and after, and how long it took to answer).
 """
 
 from __future__ import annotations
@@ -125,16 +128,54 @@ def bomb(tree: str) -> None:
                   f"reading: {said}")
 
 
+def app_server(tree: str, port: int = 7871, method: str = "Grad-ECLIP") -> None:
+    """The bomb uploaded to a running ``captum-gradeclip app`` through ``gradio_client``: the
+    server's peak resident memory (``VmHWM``) before and after, and its answer."""
+    import re
+    import time
+
+    from gradio_client import Client, handle_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_bomb(tmp)
+        env = {**os.environ, "PYTHONPATH": tree, "GRADIO_ANALYTICS_ENABLED": "False"}
+        server = subprocess.Popen([sys.executable, "-m", "captum_gradeclip", "app", "--port", str(port)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+
+        def peak() -> float:
+            status = open(f"/proc/{server.pid}/status").read()
+            return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+
+        try:
+            for _ in range(180):
+                try:
+                    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                    break
+                except Exception:  # not up yet
+                    time.sleep(1)
+            before, t0 = peak(), time.perf_counter()
+            said = client.predict(handle_file(os.path.join(tmp, "bomb.png")), "a red circle", "", [method], "-1",
+                                  "cosine", True, api_name="/explain")[0]
+            print(f"  app server peak RSS {before:6.0f} MB before the upload, {peak():6.0f} MB after; answered in "
+                  f"{time.perf_counter() - t0:.1f} s: {said[:100]}")
+        finally:
+            server.terminate()
+            server.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--side", type=int, default=6000)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--bomb", action="store_true", help="the 13000 x 13000 PNG through every reader")
+    ap.add_argument("--app-server", action="store_true", help="with --bomb: also upload it to a running app")
+    ap.add_argument("--method", default="Grad-ECLIP", help="the app's method name (the registry's name on newer trees)")
     ap.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                     help="the checkout whose package --bomb runs (default: this one)")
     args = ap.parse_args()
     if args.bomb:
-        return bomb(os.path.abspath(args.tree))
+        bomb(os.path.abspath(args.tree))
+        return app_server(os.path.abspath(args.tree), method=args.method) if args.app_server else None
     with tempfile.TemporaryDirectory() as tmp:
         jpg = os.path.join(tmp, "huge.jpg")
         # in its own process: a child's peak-memory count starts from its parent's at fork time
