@@ -118,3 +118,92 @@ def test_report_errors(job, tmp_path, capsys):
                        (["report", str(out), "--best", "-1"], "--best")):
         assert main(argv) == 2
         assert says in capsys.readouterr().err
+
+
+def _copy(out, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(out, dst)
+    return dst
+
+
+def _rewrite(shard, **columns):
+    """``shard`` rewritten as valid Parquet with ``columns`` replaced (a forged shard)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(shard)
+    for name, fill in columns.items():
+        t = t.set_column(t.schema.get_field_index(name), name, pa.array([fill(v) for v in t.column(name).to_pylist()],
+                                                                       t.schema.field(name).type))
+    pq.write_table(t, shard)
+
+
+def test_a_forged_shard_is_left_out_and_said(job, tmp_path):
+    out = _copy(job[0], tmp_path)
+    _rewrite(out / "shard-00001.parquet", score=lambda v: 0.99)
+    got = read_job(out)
+    assert got.totals["shards"] == 2 and all(r.values["score"] != 0.99 for r in got.rows)
+    assert any("shard-00001.parquet left out" in s and "sha256" in s for s in got.status)
+    assert any(s.startswith("incomplete: 2 of 3 shards") for s in got.status)
+    assert "checked against the manifest" in got.checked
+    assert main(["report", str(out)]) == 0
+    status = re.search(r"<ul id='status'.*?</ul>", (out / "report.html").read_text(), re.S).group(0)
+    assert "shard-00001.parquet left out" in status
+
+
+def test_a_deleted_shard_and_a_missing_manifest_are_said(job, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = _copy(job[0], tmp_path)
+    rows = pq.ParquetFile(out / "shard-00002.parquet").metadata.num_rows
+    (out / "shard-00002.parquet").unlink()
+    assert read_job(out).status == [f"incomplete: 2 of 3 shards, {21 - rows} of 21 rows (the manifest lists more: "
+                                    "shards deleted or damaged)"]
+    (out / "manifest.json").unlink()
+    got = read_job(out)
+    assert got.status[0].startswith(f"no manifest: interrupted or running; 2 of 3 shards written, {21 - rows} rows")
+    assert "the sums written with each shard" in got.checked
+    assert main(["report", str(out)]) == 0 and "no manifest: interrupted or running" in (out / "report.html").read_text()
+
+
+def test_a_finished_job_says_complete(job):
+    got = read_job(job[0])
+    assert got.status == [] and "sha256 of all 3 shard(s) shown checked against the manifest" == got.checked
+
+
+def test_report_of_a_file_says_give_the_folder(job, capsys):
+    out, _ = job
+    assert main(["report", str(out / "manifest.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "manifest.json is a file: give the job's folder" in err[0]
+
+
+def test_image_keys_resolve_only_inside_images(job, tmp_path):
+    """A key with ``..`` (forged into a shard) and a link out of --images draw no thumbnail."""
+    import json as _json
+
+    from PIL import Image
+
+    from captum_gradeclip.scale.store import sha256_file
+
+    out, images = job
+    out = _copy(out, tmp_path)
+    img = tmp_path / "imgs"
+    __import__("shutil").copytree(images, img)
+    (tmp_path / "outside").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "outside" / "x.png")
+    (img / "link.png").symlink_to(tmp_path / "outside" / "x.png")
+    keys = iter(["../outside/x.png", str(tmp_path / "outside" / "x.png"), "link.png"] * 10)
+    _rewrite(out / "shard-00000.parquet", image=lambda v: next(keys))
+    sums = out / "sums" / "shard-00000.json"
+    sums.write_text(_json.dumps({**_json.loads(sums.read_text()), "sha256": sha256_file(out / "shard-00000.parquet")}))
+    (out / "manifest.json").unlink()
+    n0 = __import__("pyarrow.parquet").parquet.ParquetFile(out / "shard-00000.parquet").metadata.num_rows
+    assert main(["report", str(out), "--images", str(img), "--sample", "50"]) == 0
+    doc = (out / "report.html").read_text()
+    rows = re.findall(r'<tr data-search="(.*?)">(.*?)</tr>', doc, re.S)
+    forged = [cells for search, cells in rows if "outside" in search or search.startswith("link.png")]
+    assert len(forged) == n0 >= 3 and all(cells.startswith("<td></td>") for cells in forged)
+    assert sum(cells.startswith('<td><img class="thumb"') for _, cells in rows) == len(rows) - n0 > 0

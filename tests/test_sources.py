@@ -106,7 +106,7 @@ def test_bad_records_are_error_rows_and_texts_from_the_dataset(data, tmp_path):
     rows = _rows(out)
     assert sorted(rows) == [("ok.png", "a blue ring"), ("ok.png", "a red circle")]
     errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
-    assert [e["image"] for e in errors] == ["broken.png"] and "cannot decode" in errors[0]["error"]
+    assert [e["image"] for e in errors] == ["broken.png"] and "cannot read the image of record broken.png" in errors[0]["error"]
     assert main(["explain-dataset", "--webdataset", str(tmp_path / "missing-{0..1}.tar"), "--out",
                  str(tmp_path / "o2")]) == 2
 
@@ -151,3 +151,70 @@ def test_torchrun_two_processes_equal_one(data, tmp_path):
     for k in a:  # other processes: float16 maps equal up to a float16 step of the map's scale
         tol = 1e-3 * float(a[k]["map"].abs().max()) + 1e-6
         assert torch.allclose(a[k]["map"], b[k]["map"], atol=tol) and abs(a[k]["score"] - b[k]["score"]) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    """An EXIF-rotated JPEG, a 16-bit grey PNG and a plain scene, as a folder, a tar and (with
+    datasets) a save_to_disk folder and a Parquet file of the same bytes."""
+    import numpy as np
+    from PIL import Image
+
+    from captum_gradeclip.shapes import render_scene
+
+    root = tmp_path_factory.mktemp("odd")
+    (root / "img").mkdir()
+    upright = render_scene(seed=11).image
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = stored.getexif()
+    exif[0x0112] = 6  # viewers turn it back: the folder reader sees `upright`
+    stored.save(root / "img" / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    grey = np.asarray(render_scene(seed=12).image.convert("L")).astype(np.uint16) * 257
+    Image.fromarray(grey).save(root / "img" / "deep.png")  # mode I;16: saturated by convert("RGB")
+    render_scene(seed=13).image.save(root / "img" / "plain.png")
+    files = sorted((root / "img").iterdir())
+    with tarfile.open(root / "odd.tar", "w") as tar:
+        for f in files:
+            tar.add(f, arcname=f.name)
+    try:
+        import datasets
+    except ImportError:
+        return root
+    ds = datasets.Dataset.from_dict({"image": [str(f) for f in files]}, features=datasets.Features({"image": datasets.Image()}))
+    ds.save_to_disk(str(root / "hf"))
+    ds.to_parquet(str(root / "odd.parquet"))
+    return root
+
+
+@pytest.mark.parametrize("kind", ["webdataset", "hf", "parquet"])
+def test_exif_and_16_bit_images_read_as_the_folder_reader_reads_them(odd, data, tmp_path, kind):
+    from captum_gradeclip._io import open_image
+
+    deep = open_image(odd / "img" / "deep.png")
+    assert 0 < max(deep.getextrema()[0]) < 255  # scaled, not saturated at 255
+    if kind != "webdataset":
+        _datasets()
+    source = {"hf": ["--hf-dataset", str(odd / "hf")], "parquet": ["--hf-dataset", str(odd / "odd.parquet")],
+              "webdataset": ["--webdataset", str(odd / "odd.tar")]}[kind]
+    common = ["--prompts", str(data / "prompts.txt"), "--batch-size", "1", "--workers", "0", "--no-progress"]
+    assert main(["explain-dataset", "--images", str(odd / "img"), "--out", str(tmp_path / "folder"), *common]) == 0
+    assert main(["explain-dataset", *source, "--out", str(tmp_path / kind), *common]) == 0
+    a, b = _rows(tmp_path / "folder"), _rows(tmp_path / kind)
+    assert sorted(a) == sorted(b) and len(a) == 6
+    for k in a:
+        assert torch.equal(a[k]["map"], b[k]["map"]) and a[k]["score"] == b[k]["score"], k
+    assert not (tmp_path / kind / ".hf-cache").exists()  # Parquet's Arrow copy: inside OUT, removed at the end
+
+
+def test_parquet_leaves_nothing_in_the_users_hf_cache(odd, tmp_path, monkeypatch):
+    datasets = _datasets()
+    from captum_gradeclip.scale.sources import SourceConfig, open_source
+
+    home = tmp_path / "hf-home"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home)
+    src = open_source(SourceConfig(hf_dataset=str(odd / "odd.parquet")))
+    assert len(src) == 3 and src.image(0).size == (64, 64)
+    src = open_source(SourceConfig(hf_dataset=str(odd / "odd.parquet"), cache_dir=tmp_path / "out" / ".hf-cache"))
+    assert [r.key for r in src.records] == ["deep.png", "plain.png", "rotated.jpg"]
+    assert any((tmp_path / "out" / ".hf-cache").iterdir())
+    assert not home.exists() or not any(home.rglob("*.arrow"))

@@ -61,7 +61,9 @@ class Job:
         (rows, mean, min, max score). rows: the kept rows. best, worst: text -> its kept rows,
         best first / worst first. columns: the extra scalar columns (e.g. method, AUCs).
         group, rank: the column rows are grouped by (``text``; a benchmark's ``method``) and ranked by
-        (``score``; a benchmark's ``insertion_auc``).
+        (``score``; a benchmark's ``insertion_auc``). status: what the page must say before anything
+        else (an incomplete or running job, a shard refused), empty for a finished, intact job.
+        checked: how the shards' bytes were checked (sha256 against the manifest, or not at all).
     """
 
     kind: str
@@ -77,6 +79,8 @@ class Job:
     caps: ReportCaps
     group: str = "text"
     rank: str = "score"
+    status: List[str] = field(default_factory=list)
+    checked: str = ""
 
 
 def _shard_folder(out: Path) -> Tuple[str, Path]:
@@ -86,6 +90,52 @@ def _shard_folder(out: Path) -> Tuple[str, Path]:
         return "explain-dataset", out
     raise InputError(f"{out} is neither an explain-dataset output (shard-*.parquet) nor a folder benchmark's "
                    "--out-dir (benchmark.json and curves/): give one of those folders")
+
+
+def _verified(shards: Path, files: List[Path], manifest: Dict[str, Any]) -> Tuple[List[Path], List[str], str]:
+    """The shards whose sha256 is the one recorded (as :func:`~captum_gradeclip.scale.read_maps`
+    checks them: the manifest's, else the sums file written with each shard), the warnings about
+    the others (left out of the report), and a sentence saying how they were checked."""
+    from ..scale import store
+
+    recorded = {s.get("file"): s.get("sha256") for s in manifest.get("shards", []) if isinstance(s, dict)}
+    good, warnings, unchecked = [], [], []
+    for f in files:
+        try:
+            i = int(f.stem.split("-")[1])
+        except (IndexError, ValueError):
+            warnings.append(f"{f.name}: not a shard name the engine writes; left out")
+            continue
+        want = recorded.get(f.name) or (store.recorded_sum(shards, i) or {}).get("sha256")
+        try:
+            store.verify(shards, i, want)
+        except store.DamagedShard as e:
+            warnings.append(f"{f.name} left out: {e}")
+            continue
+        good.append(f)
+        if want is None:
+            unchecked.append(f.name)
+    source = "the manifest" if recorded else "the sums written with each shard"
+    checked = (f"sha256 of all {len(good)} shard(s) shown checked against {source}" if not unchecked else
+               f"{len(unchecked)} shard(s) have no recorded sha256 (e.g. {unchecked[0]}): read as Parquet, not checked")
+    return good, warnings, checked
+
+
+def _completeness(shards: Path, manifest: Dict[str, Any], found: int, rows: int) -> List[str]:
+    """What the page must say about a job that is not finished, or whose shards went missing."""
+    totals = manifest.get("totals") if isinstance(manifest.get("totals"), dict) else None
+    if totals is not None:
+        want_shards, want_rows = totals.get("shards"), totals.get("rows")
+        if found != want_shards or rows != want_rows:
+            return [f"incomplete: {found} of {want_shards} shards, {rows} of {want_rows} rows (the manifest lists "
+                    "more: shards deleted or damaged)"]
+        return []
+    cfg = _read_json(shards / "config.json").get("config", {})
+    items, size = cfg.get("items"), cfg.get("shard_size")
+    planned = f" {found} of {-(-items // size)} shards written," if isinstance(items, int) and isinstance(size, int) \
+        and size > 0 else ""
+    return [f"no manifest: interrupted or running;{planned} {rows} rows so far (rerun the job's command to finish "
+            "it, then the report again)"]
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -176,12 +226,15 @@ def read_job(out: "str | Path", caps: ReportCaps = ReportCaps()) -> Job:
 
     require_pyarrow("report")
     out = Path(out)
+    if out.is_file():
+        raise InputError(f"{out} is a file: give the job's folder (its --out / --out-dir), e.g. {out.parent}")
     if not out.is_dir():
         raise InputError(f"no such folder: {out}")
     kind, shards = _shard_folder(out)
-    files = sorted(shards.glob("shard-*.parquet"))
+    manifest = _read_json(shards / "manifest.json")
+    files, status, checked = _verified(shards, sorted(shards.glob("shard-*.parquet")), manifest)
     if not files:
-        raise InputError(f"{shards} holds no shard-*.parquet yet: run the job first")
+        raise InputError(f"{shards} holds no intact shard-*.parquet: " + ("; ".join(status) or "run the job first"))
     try:
         where, cols, extra = _scan(files)
     except Exception as e:  # pyarrow's errors for a damaged file
@@ -203,11 +256,12 @@ def read_job(out: "str | Path", caps: ReportCaps = ReportCaps()) -> Job:
     kept = [rows[i] for i in sorted(rows)]
     if kind == "explain-dataset":
         _maps(files, kept)
-    config = _read_json(shards / "manifest.json") or _read_json(shards / "config.json")
+    config = manifest or _read_json(shards / "config.json")
     if kind == "benchmark":
         config = {"benchmark": _read_json(out / "benchmark.json"), "job": config}
     errors = _errors(shards)
     totals = {"rows": len(where), "images": len(set(cols["image"])), "texts": len(set(cols["text"])),
               "errors": len(errors), "shards": len(files), "rows shown": len(kept)}
+    status += _completeness(shards, manifest, len(files), len(where))
     return Job(kind, out, config, totals, errors, _per_text(cols, group, rank), kept, best, worst, extra, caps,
-               group, rank)
+               group, rank, status, checked)

@@ -43,14 +43,16 @@ th.asc::after{content:' \\25B2'}th.desc::after{content:' \\25BC'}.strip img{marg
 
 @lru_cache(maxsize=512)
 def _image(root: Optional[str], name: str) -> "Optional[Image.Image]":
-    """The job's image ``name`` under ``root``, reduced to the overlay's size; ``None`` if absent."""
-    from .._io import open_image
+    """The job's image ``name`` under ``root``, reduced to the overlay's size; ``None`` if absent
+    or if ``name`` resolves (``..``, an absolute path, a link) to a file outside ``root``."""
+    from .._io import inside, open_image
     from ..errors import InputError
 
-    if root is None:
+    path = None if root is None else inside(root, name)
+    if path is None:
         return None
     try:
-        return fit(open_image(str(Path(root) / name)), TILE)
+        return fit(open_image(str(path)), TILE)
     except InputError:
         return None
 
@@ -135,7 +137,8 @@ def summary(job: Job) -> str:
 
 def benchmark_html(job: Job) -> str:
     """A benchmark's averages per method (its ``benchmark.json``) and its plot (``benchmark.png``)."""
-    from PIL import Image
+    from .._io import open_image
+    from ..errors import InputError
 
     res = job.config.get("benchmark", {}).get("image", {})
     keys = list(dict.fromkeys(k for v in res.values() for k in v))
@@ -143,8 +146,10 @@ def benchmark_html(job: Job) -> str:
                    + "</tr>" for m, v in res.items())
     table = f"<table id='averages'><tr><th>method</th>{''.join(f'<th>{k}</th>' for k in keys)}</tr>{rows}</table>"
     png = job.folder / "benchmark.png"
-    plot = f"<p><img class='plot' src='{data_uri(Image.open(png).convert('RGB'), 'JPEG')}' width='720'></p>" \
-        if png.is_file() else ""
+    try:
+        plot = f"<p><img class='plot' src='{data_uri(open_image(png), 'JPEG')}' width='720'></p>" if png.is_file() else ""
+    except InputError as e:  # a damaged or replaced plot: said, not a traceback
+        plot = f"<p><i>benchmark.png not shown: {html.escape(str(e))}</i></p>"
     return f"<h2>Averages per method (benchmark.json)</h2>{table}{plot}"
 
 
@@ -158,11 +163,21 @@ def errors_html(job: Job) -> str:
                                                if len(job.errors) > MAX_LISTED else "")
 
 
+def status_html(job: Job) -> str:
+    """What the page says first: an incomplete, running or damaged job (``#status``, in red), and
+    how the shards were checked (``#checked``)."""
+    warn = "".join(f"<li>{html.escape(s)}</li>" for s in job.status)
+    box = f"<ul id='status' style='color:#b00;font-weight:bold'>{warn}</ul>" if warn else \
+        "<p id='status'>complete: every shard the manifest lists is here and intact.</p>"
+    return box + f"<p id='checked'><small>{html.escape(job.checked)}</small></p>"
+
+
 def render_html(job: Job, images: Optional[str] = None) -> str:
     """The whole report as one HTML document; ``images``: the job's image folder (its
     ``--images``), for thumbnails and overlays (without it, maps are drawn on grey)."""
     title = f"captum-gradeclip report: {job.folder.name} ({job.kind})"
-    note = "" if images else "<p><i>No --images folder given: maps are drawn without their images.</i></p>"
+    note = status_html(job)
+    note += "" if images else "<p><i>No --images folder given: maps are drawn without their images.</i></p>"
     if job.kind == "benchmark":
         note += "<p>A folder benchmark stores curves and AUCs, not maps: the table shows thumbnails only.</p>"
         note += benchmark_html(job)
@@ -184,6 +199,8 @@ def write_report(out: "str | Path", path: "Optional[str | Path]" = None, caps: O
     from .._io import check_output_dir
     from ..errors import InputError
 
+    if Path(out).is_file():
+        raise InputError(f"{out} is a file: give the job's folder (its --out / --out-dir), e.g. {Path(out).parent}")
     target = Path(path) if path else Path(out) / "report.html"
     if target.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--html must name an .html file, got {target}")

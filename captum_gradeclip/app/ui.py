@@ -18,47 +18,87 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, List, Optional, Sequence, Tuple
 
-from .explore import AppInputError, ExplainRequest, Explanation, explain
+from .explore import MAX_PROMPTS, AppInputError, ExplainRequest, Explanation, explain
 from .methods import GRAD_ECLIP, SPATIAL, GradECLIPOptions, label, methods
 from .render import data_uri, grid_figure, overlay, word_map_html
+
+from .._io import MAX_PIXELS
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from ..models import LoadedCLIP
 
-#: Images with more pixels are refused (PIL's decompression-bomb guard starts at 89 M).
-MAX_PIXELS = 64_000_000
+__all__ = ["MAX_PIXELS", "build_app", "read_upload", "run_explain"]
+
+#: At most this many characters per prompt or caption (the page's text boxes stop there too);
+#: a CLIP reads at most its context (77 tokens, ShapesCLIP 32), far fewer.
+MAX_PROMPT_CHARS = 1000
+#: The download folders of this many most recent requests are kept (older ones are removed, all
+#: of them when the server stops); Gradio's own copies are removed after :data:`CACHE_SECONDS`.
+KEEP_REQUESTS = 16
+CACHE_SECONDS = 3600
 TILE = 160
 DEFAULT_METHODS = (GRAD_ECLIP, "game", "maskclip")
 _log = logging.getLogger(__name__)
 _runs = itertools.count(1)
 
 
+class TempFolders:
+    """Per-request temporary folders, bounded: :meth:`new` makes one and removes the oldest
+    beyond ``keep``; :meth:`clear` (also at interpreter exit) removes all of them."""
+
+    def __init__(self, keep: int = KEEP_REQUESTS, prefix: str = "captum-gradeclip-app-") -> None:
+        import atexit
+        import collections
+        import threading
+
+        self.keep, self.prefix = keep, prefix
+        self.folders: "collections.deque[Path]" = collections.deque()
+        self._lock = threading.Lock()
+        atexit.register(self.clear)
+
+    def new(self) -> Path:
+        import shutil
+
+        path = Path(tempfile.mkdtemp(prefix=self.prefix))
+        with self._lock:
+            self.folders.append(path)
+            old = [self.folders.popleft() for _ in range(max(0, len(self.folders) - self.keep))]
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+        return path
+
+    def clear(self) -> None:
+        import shutil
+
+        with self._lock:
+            old, self.folders = list(self.folders), type(self.folders)()
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+#: The folders of the downloads and of the rendered scenes.
+DOWNLOADS = TempFolders()
+
+
 def read_upload(path: Optional[str]) -> Tuple["Image.Image", List[str]]:
-    """The uploaded image at ``path`` as RGB, and notes for the page (an image decoded reduced).
+    """The uploaded image at ``path`` as RGB, by the package's one decoder
+    (:func:`captum_gradeclip._io.open_image`: its header is read first, and an image over
+    :data:`MAX_PIXELS` is refused before any pixel is decoded), and notes for the page (an image
+    decoded reduced).
 
     Raises:
         AppInputError: no image, an unreadable file, or one over :data:`MAX_PIXELS`.
     """
-    from PIL import Image
-
-    from .._io import MAX_SHORT_SIDE, open_image
+    from .._io import MAX_SHORT_SIDE, image_size, open_image
     from ..errors import InputError
 
     if not path:
         raise AppInputError("upload or paste an image, or render a ShapesCLIP scene")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception as e:  # PIL raises many types for a file that is not an image
-        raise AppInputError(f"cannot read the upload as an image ({e.__class__.__name__}); give a PNG, JPEG, ...") \
-            from None
-    if w * h > MAX_PIXELS:
-        raise AppInputError(f"the image is {w} x {h} px ({w * h / 1e6:.0f} M pixels); give one under "
-                            f"{MAX_PIXELS // 1_000_000} M pixels")
-    try:
-        image = open_image(path)
+        w, h = image_size(path, name="the upload")
+        image = open_image(path, name="the upload")
     except InputError as e:
         raise AppInputError(str(e).replace(str(path), "the upload")) from None
     notes = []
@@ -66,6 +106,20 @@ def read_upload(path: Optional[str]) -> Tuple["Image.Image", List[str]]:
         notes.append(f"the image is {w} x {h} px: it was decoded reduced to {image.size[0]} x {image.size[1]} "
                      "(the model sees its own input size anyway)")
     return image, notes
+
+
+def check_text_lengths(texts: Sequence[str]) -> None:
+    """The page's own check of the prompts and the caption, before any tokenizer runs: at most
+    :data:`MAX_PROMPT_CHARS` characters each (the text boxes stop there too; an API call does
+    not). The model's context and vocabulary are the shared text check's (:func:`.explore.explain`).
+
+    Raises:
+        AppInputError: naming the text, its length and the limit.
+    """
+    for t in texts:
+        if len(t) > MAX_PROMPT_CHARS:
+            raise AppInputError(f"\"{t[:37]}...\" is {len(t)} characters: give prompts and captions under "
+                                f"{MAX_PROMPT_CHARS} (the model reads only its first few dozen words)")
 
 
 def parse_layers(text: str) -> Tuple[int, ...]:
@@ -102,10 +156,11 @@ def grid_html(image: "Image.Image", exp: Explanation, run: int) -> str:
 
 def save_downloads(image: "Image.Image", exp: Explanation) -> Tuple[str, str, str]:
     """Write ``maps.npz`` (float32 ``(h, w)`` per ``"prompt | method"``), ``explanation.json``
-    (scores, timings, settings) and ``figure.png`` (the grid) to a new temporary folder; their paths."""
+    (scores, timings, settings) and ``figure.png`` (the grid) to a new temporary folder (one of
+    :data:`DOWNLOADS`' bounded folders); their paths."""
     import numpy as np
 
-    out = Path(tempfile.mkdtemp(prefix="captum-gradeclip-app-"))
+    out = DOWNLOADS.new()
     np.savez(out / "maps.npz", **exp.arrays())
     (out / "explanation.json").write_text(json.dumps(exp.summary(), indent=1))
     req = exp.request
@@ -126,6 +181,7 @@ def run_explain(clip: "LoadedCLIP", vocabulary: Optional[Collection[str]], image
         req = ExplainRequest(tuple(p.strip() for p in str(prompts or "").splitlines() if p.strip()),
                              tuple(methods or ()), str(caption or "").strip(),
                              GradECLIPOptions(parse_layers(layers), spatial, bool(relu)))
+        check_text_lengths(req.prompts + ((req.caption,) if req.caption else ()))
         exp = explain(clip, image, req, vocabulary)
         grid = grid_html(image, exp, next(_runs))
         words = "" if exp.words is None else word_map_html(
@@ -156,23 +212,19 @@ def render_scene_inputs(seed: Any) -> Tuple[str, str, str]:
     except (TypeError, ValueError):
         s = 0
     scene = render_scene(seed=s, n_objects=3)
-    path = Path(tempfile.mkdtemp(prefix="captum-gradeclip-scene-")) / f"scene-{s}.png"
+    path = DOWNLOADS.new() / f"scene-{s}.png"
     scene.image.save(path)
     return str(path), "\n".join(scene.prompts), scene.caption()
 
 
-def _lenient(image: Any) -> Any:
-    """``image`` (a ``gr.Image``) whose preprocessing never raises: an unreadable upload reaches
-    :func:`read_upload` as a path, which says in the page what is wrong (Gradio's own check would
-    show a bare error toast). Wrapped on the instance: a subclass would make Gradio write a
-    ``.pyi`` stub next to this file."""
-    own = image.preprocess
-
+def _as_file(image: Any) -> Any:
+    """``image`` (a ``gr.Image``) whose preprocessing hands over the upload's path untouched:
+    Gradio would decode (and re-encode) the whole image before :func:`read_upload` could check
+    its header (a 20 KB PNG declaring 13000 x 13000 px took the server from 655 to 1380 MB), and
+    an unreadable upload would show as a bare error toast instead of a message in the page.
+    Wrapped on the instance: a subclass would make Gradio write a ``.pyi`` stub next to this file."""
     def preprocess(payload: Any) -> Any:
-        try:
-            return own(payload)
-        except Exception:
-            return getattr(payload, "path", None)
+        return getattr(payload, "path", None) if payload is not None else None
 
     image.preprocess = preprocess
     return image
@@ -183,18 +235,20 @@ def build_app(clip: "LoadedCLIP", vocabulary: Optional[Collection[str]] = None, 
     model's words, to refuse prompts it cannot read (ShapesCLIP's ``shapes.model.WORDS``)."""
     import gradio as gr
 
-    with gr.Blocks(title="captum-gradeclip explorer", analytics_enabled=False) as demo:
+    with gr.Blocks(title="captum-gradeclip explorer", analytics_enabled=False,
+                   delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
         gr.Markdown(f"## captum-gradeclip explorer: {html.escape(title)}\nWhich regions make the image match "
                     "each prompt? One column per method, one row per prompt, with the model's cosine score.")
         with gr.Row():
             with gr.Column(scale=1):
-                image = _lenient(gr.Image(type="filepath", sources=["upload", "clipboard"], label="image",
+                image = _as_file(gr.Image(type="filepath", sources=["upload", "clipboard"], label="image",
                                               elem_id="gce-image", height=240))
                 with gr.Row():
                     seed = gr.Number(value=7, precision=0, label="scene seed", elem_id="gce-seed")
                     scene = gr.Button("render a ShapesCLIP scene", elem_id="gce-scene")
-                prompts = gr.Textbox(lines=4, label="prompts, one per line", elem_id="gce-prompts")
-                caption = gr.Textbox(label="caption (its word map)", elem_id="gce-caption")
+                prompts = gr.Textbox(lines=4, label="prompts, one per line", elem_id="gce-prompts",
+                                     max_length=MAX_PROMPTS * (MAX_PROMPT_CHARS + 1))
+                caption = gr.Textbox(label="caption (its word map)", elem_id="gce-caption", max_length=MAX_PROMPT_CHARS)
                 chosen = gr.CheckboxGroup([(label(m), m) for m in methods()], value=list(DEFAULT_METHODS),
                                           label="methods", elem_id="gce-methods")
                 with gr.Accordion("Grad-ECLIP settings", open=False):

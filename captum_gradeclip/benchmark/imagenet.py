@@ -41,9 +41,9 @@ def labelled_images(args: Any) -> LabelledImages:
     from .labelled import folder_source
 
     if getattr(args, "hf_dataset", None) or getattr(args, "webdataset", None):
-        from ..scale.sources import labelled_source
+        from ..scale.sources import labelled_source, source_config
 
-        return LabelledImages(*labelled_source(args))
+        return LabelledImages(*labelled_source(source_config(vars(args), args.out_dir)))
     if not args.images:
         raise InputError("--protocol grad-eclip needs labelled images: --images DIR (DIR/CLASS/IMAGE), "
                          "--hf-dataset or --webdataset")

@@ -67,10 +67,11 @@ def templates(spec: str) -> List[Template]:
     """
     if spec == "imagenet":
         return list(_open_clip_metadata("--templates").OPENAI_IMAGENET_TEMPLATES)
-    found = [spec] if "{}" in spec and not Path(spec).is_file() else read_lines(spec, "--templates")
-    bad = [t for t in found if "{}" not in t]
-    if bad:
-        raise InputError(f"--templates: every template needs {{}} for the class name, got {bad[0]!r}")
+    from ..scale.data import check_template
+
+    found = [spec] if "{" in spec and not Path(spec).is_file() else read_lines(spec, "--templates")
+    for t in found:  # exactly one plain {} ('a {} and a {}', '{x} {}' would fail later in format)
+        check_template(t, "--templates")
     return found
 
 

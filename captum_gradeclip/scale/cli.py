@@ -19,18 +19,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from .explain import ExplainerOptions
 
 
-def work_items(args: argparse.Namespace) -> List[Any]:
-    """The sorted work list of ``--images`` with ``--prompts``, ``--pairs`` or ``--class-prompts``.
+def work_items(args: argparse.Namespace, source: Any = None) -> List[Any]:
+    """The sorted work list of ``--images`` with ``--prompts``, ``--pairs`` or ``--class-prompts``
+    (or of the opened ``--hf-dataset`` / ``--webdataset`` ``source``).
 
     Raises:
         CLIError: see :mod:`.data`.
     """
     from .data import class_items, pair_items, prompt_items, read_prompts
 
-    if args.hf_dataset or args.webdataset:  # datasets as users store them: sources.py
+    if source is not None:  # datasets as users store them: sources.py
         from .sources import source_items
 
-        return source_items(args, args.source)
+        return source_items(source, prompts=args.prompts, class_prompts=args.class_prompts, pairs=args.pairs)
     if not args.images or not (args.prompts or args.pairs or args.class_prompts):
         raise CLIError("give --images DIR (or --hf-dataset / --webdataset) and --prompts, --pairs or --class-prompts")
     root = Path(args.images)
@@ -125,12 +126,11 @@ def _explain_dataset(args: argparse.Namespace, out: Path) -> None:
 
     require_pyarrow("explain-dataset")
     check_flags(args)
-    source = None
-    if args.hf_dataset or args.webdataset:
-        from .sources import open_source, source_items
+    from .sources import open_source, remove_cache, source_config
 
-        source = open_source(args)
-    items = source_items(args, source) if source is not None else work_items(args)
+    config = source_config(vars(args), out)
+    source = open_source(config) if config.given else None
+    items = work_items(args, source)
 
     def load(device: Any) -> Any:
         from .data import ImageFolderDataset
@@ -145,6 +145,7 @@ def _explain_dataset(args: argparse.Namespace, out: Path) -> None:
                               shard_size=args.shard_size, num_workers=args.workers, progress=not args.no_progress,
                               device=args.device))
     if summary.is_main:
+        remove_cache(config)
         too_long = summary.texts_too_long
         print(f"{out}: {summary.images} images, {summary.pairs} pairs, {summary.errors} error{'' if summary.errors == 1 else 's'}"
               f"{f' ({too_long} texts longer than the model context)' if too_long else ''}; "

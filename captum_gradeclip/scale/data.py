@@ -33,9 +33,9 @@ class WorkItem:
     problem: Optional[str] = None
 
 
-def _key(rel: str) -> Tuple[str, Optional[str]]:
-    """A relative path as a key that can be stored (UTF-8), and the problem of a file name that
-    is not valid UTF-8 (shown with backslash escapes)."""
+def storable_key(rel: str) -> Tuple[str, Optional[str]]:
+    """A relative path (or a tar member's name) as a key that can be stored (UTF-8), and the
+    problem of a name that is not valid UTF-8 (shown with backslash escapes: ``a\\xff.png``)."""
     try:
         rel.encode("utf-8")
         return rel, None
@@ -71,7 +71,7 @@ def scan_images(root: Path) -> List[str]:
 
 
 def _folder_item(rel: str, texts: Tuple[str, ...]) -> WorkItem:
-    key, problem = _key(rel)
+    key, problem = storable_key(rel)
     return WorkItem(key, texts, problem)
 
 
@@ -156,23 +156,31 @@ def class_items(root: Path, template: str) -> List[WorkItem]:
     classes = sorted({f.split("/", 1)[0] for f in files})
     if not classes:
         raise InputError(f"no class folders with images under {root} (expected ROOT/CLASS/IMAGE)")
-    texts = tuple(template.format(_key(c)[0].replace("_", " ")) for c in classes)
+    texts = tuple(template.format(storable_key(c)[0].replace("_", " ")) for c in classes)
     return [_folder_item(f, texts) for f in files]
 
 
-def check_template(template: str) -> None:
-    """Raises InputError unless ``template`` has exactly one plain ``{}`` (no name, index, format
-    spec or conversion) and otherwise only doubled braces."""
+def check_template(template: str, flag: str = "--class-prompts") -> None:
+    """Check a prompt template before any work: exactly one plain ``{}`` (no name, index, format
+    spec or conversion) and otherwise only doubled braces, so that ``template.format(name)``
+    cannot fail (``'a {} and a {}'``: ``IndexError``; ``'{x} {}'``: ``KeyError``); ``flag`` names it
+    in the message (``"--templates"``).
+
+    Raises:
+        InputError: any other template, with the fix.
+    """
     import string
 
+    if not isinstance(template, str):
+        raise InputError(f"{flag} must be a string with one {{}}, got {type(template).__name__}")
     try:
         fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
     except ValueError as e:
-        raise InputError(f"--class-prompts {template!r} is not a valid template ({e}); write {{{{ and }}}} for "
-                       "literal braces") from None
+        raise InputError(f"{flag} {template!r} is not a valid template ({e}); write {{{{ and }}}} for "
+                         "literal braces") from None
     if fields != [("", "", None)]:
-        raise InputError(f"--class-prompts must contain {{}} for the class name, once and plain (no name, index or "
-                       f"format spec; {{{{ }}}} for literal braces), got {template!r}")
+        raise InputError(f"{flag} must contain {{}} for the class name, once and plain (no name, index or "
+                         f"format spec; {{{{ }}}} for literal braces), got {template!r}")
 
 
 class ImageFolderDataset:

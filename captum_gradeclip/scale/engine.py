@@ -169,6 +169,14 @@ def _text_by_text(explain: BatchExplainer, x: WorkInput, failure: Exception) -> 
     return out
 
 
+def _code(reason: str) -> str:
+    """The error code of a refused text: a :class:`~captum_gradeclip.text_checks.Problem` names its
+    own (``unknown_words``, ``empty_text``, ...); a plain reason is a text too long."""
+    from ..text_checks import Problem
+
+    return reason.code if isinstance(reason, Problem) else TEXT_TOO_LONG
+
+
 def explain_group(explain: BatchExplainer, group: Sequence[WorkInput]) -> Outcome:
     """Rows and errors of same-shape inputs: the group at once, else image by image, else text
     by text (only the inputs that fail are lost)."""
@@ -227,8 +235,7 @@ class _Runner:
         if not refused:
             return x
         keep = [j for j, t in enumerate(x.texts) if t not in refused]
-        shard.errors += [ErrorRow(x.key, str(refused[t]), t, getattr(refused[t], "code", TEXT_TOO_LONG), x.index)
-                         for t in x.texts if t in refused]  # text_checks.Problem carries its code
+        shard.errors += [ErrorRow(x.key, str(refused[t]), t, _code(refused[t]), x.index) for t in x.texts if t in refused]
         return WorkInput(x.index, x.key, x.pixels, tuple(x.texts[j] for j in keep), positions=tuple(keep))
 
     def finish(self, shard: _Shard, rank: int) -> None:

@@ -50,10 +50,11 @@ class _Opener:
 
 def images_of(args: argparse.Namespace) -> KeyedImages:
     """The images ``--images`` (or ``--hf-dataset`` / ``--webdataset``) name, sorted by key."""
-    if getattr(args, "hf_dataset", None) or getattr(args, "webdataset", None):
-        from ..scale.sources import keyed_source
+    from ..scale.sources import keyed_source, source_config
 
-        keys, opener = keyed_source(args)
+    config = source_config(vars(args), args.out)
+    if config.given:
+        keys, opener = keyed_source(config)
         return KeyedImages(keys, opener)
     if not args.images:
         raise CLIError("give --images DIR (or --hf-dataset / --webdataset)")
@@ -85,8 +86,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
         raise CLIError(f"at most 254 prompts (labels are 8-bit PNGs), got {len(prompts)}")
     data = images_of(args)
     out = Path(args.out)
+    from .._io import safe_names
+
     opts = SegmentOptions(tuple(prompts), tuple(background), args.threshold, args.normalise, out,
-                          Path(args.masks) if args.masks else None, args.ignore_index)
+                          Path(args.masks) if args.masks else None, args.ignore_index, safe_names(data.keys, ".png"))
     config = {"model": {"hf": args.model, "open_clip": args.open_clip}, "images": data.keys,
               "method": method, "gradeclip": options.describe(), "map_input": args.map_input,
               "options": SegmentExplainer.describe(opts)}
@@ -107,6 +110,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
                               num_workers=1, progress=not args.no_progress, device="cpu"))
     if not summary.is_main:
         return
+    from ..scale.sources import remove_cache, source_config
+
+    remove_cache(source_config(vars(args), out))
     print(f"{out}: {summary.images} images, {summary.errors} errors; label PNGs in {out / 'labels'}, "
           f"overlays in {out / 'overlays'}", file=sys.stderr)
     if opts.masks is not None:

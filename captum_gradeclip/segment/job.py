@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..scale.protocols import BaseBatchExplainer
 from .functional import segment
 
 
@@ -23,14 +24,18 @@ def read_mask(path: Path) -> Tensor:
     """An index PNG (VOC's palette ``P`` mode, or grey ``L`` / ``I``) -> ``(H, W)`` int64 labels.
 
     Raises:
-        InputError: no such file, not an image, or an RGB mask (colours are not labels: save the
+        InputError: no such file, not an image, more pixels than
+            :data:`~captum_gradeclip._io.MAX_PIXELS`, or an RGB mask (colours are not labels: save the
             indices, e.g. VOC's ``SegmentationClass`` PNGs are palette images and work as they are).
     """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from .._io import image_size
+
     if not path.is_file():
         raise InputError(f"no mask {path}: --masks must hold one PNG per image, at the image's relative path")
+    image_size(path, name=f"mask {path}")  # its header: a mask over the pixel limit is refused undecoded
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
@@ -44,7 +49,9 @@ def read_mask(path: Path) -> Tensor:
 class SegmentOptions:
     """What the job does: ``prompts`` (``K``), ``background`` prompts, the ``threshold`` and
     ``normalise`` of :func:`~.functional.segment`, ``masks`` (a folder, or ``None``),
-    ``ignore_index``, and where to write (``out``)."""
+    ``ignore_index``, where to write (``out``), and ``names``: each key's PNG name under
+    ``out/labels`` and ``out/overlays`` (:func:`~captum_gradeclip._io.safe_names` of the job's keys;
+    ``None``: :func:`~captum_gradeclip._io.safe_relative_name` of each key)."""
 
     prompts: Tuple[str, ...]
     background: Tuple[str, ...]
@@ -53,6 +60,13 @@ class SegmentOptions:
     out: Path
     masks: Optional[Path] = None
     ignore_index: int = 255
+    names: Optional[Mapping[str, str]] = None
+
+    def name(self, key: str) -> str:
+        """The relative PNG name of ``key``'s label map and overlay (never a path outside ``out``)."""
+        from .._io import safe_relative_name
+
+        return (self.names or {}).get(key) or safe_relative_name(key, ".png")
 
 
 def palette(k: int) -> List[int]:
@@ -71,22 +85,31 @@ def palette(k: int) -> List[int]:
     return pal
 
 
-def save_labels(labels: Tensor, image: Tensor, key: str, out: Path) -> None:
-    """``labels (H, W)`` as ``out/labels/KEY.png`` (a palette PNG whose indices are the labels) and
-    a blend with ``image (3, H, W) uint8`` as ``out/overlays/KEY.png``."""
+def save_labels(labels: Tensor, image: Tensor, name: str, out: Path) -> None:
+    """``labels (H, W)`` as ``out/labels/NAME`` (a palette PNG whose indices are the labels) and
+    a blend with ``image (3, H, W) uint8`` as ``out/overlays/NAME``; ``name``: a relative name
+    (:meth:`SegmentOptions.name`, never a raw key).
+
+    Raises:
+        InputError: ``name`` would leave ``out/labels`` (a key used as a name unchecked).
+    """
     from PIL import Image
 
-    name = Path(key).with_suffix(".png")
-    for sub in ("labels", "overlays"):
-        (out / sub / name).parent.mkdir(parents=True, exist_ok=True)
+    from .._io import inside
+
+    targets = [inside(out / sub, name) for sub in ("labels", "overlays")]
+    if None in targets or any(t == (out / sub).resolve() for t, sub in zip(targets, ("labels", "overlays"))):
+        raise InputError(f"the label file name {name!r} leaves {out}: give safe_relative_name(key)")
+    for t in targets:
+        t.parent.mkdir(parents=True, exist_ok=True)
     lab = Image.fromarray(labels.to(torch.uint8).numpy(), mode="P")
     lab.putpalette(palette(int(labels.max()) + 1))
-    lab.save(out / "labels" / name)
+    lab.save(targets[0], format="PNG")
     rgb = Image.fromarray(image.permute(1, 2, 0).numpy())
-    Image.blend(rgb, lab.convert("RGB"), 0.5).save(out / "overlays" / name)
+    Image.blend(rgb, lab.convert("RGB"), 0.5).save(targets[1], format="PNG")
 
 
-class SegmentExplainer:
+class SegmentExplainer(BaseBatchExplainer):
     """A batch explainer: ``images (N, 3, H, W) uint8`` and ``texts`` (each ``[key]``: the image's
     relative path, so that its PNGs and its mask can be found) -> one row per image: the labels
     it holds, the best prompt and its score, and with masks the flattened ``(K+1, K+1)`` confusion
@@ -118,9 +141,10 @@ class SegmentExplainer:
                          normalise=self.o.normalise)
         rows = []
         for n, t in enumerate(texts):
-            save_labels(labels[n], images[n], t[0], self.o.out)
+            name = self.o.name(t[0])
+            save_labels(labels[n], images[n], name, self.o.out)
             best = int(scores[n, :k].argmax())
-            row = {"text": self.o.prompts[best], "best": best, "score": float(scores[n, best]),
+            row = {"text": self.o.prompts[best], "best": best, "score": float(scores[n, best]), "file": name,
                    "labels": sorted(set(labels[n].unique().tolist()))}
             if self.o.masks is not None:
                 row.update(self._scores(labels[n], maps[n, best], t[0]))
@@ -132,7 +156,16 @@ class SegmentExplainer:
 
         from ..metrics.segmentation import confusion_matrix, foreground_scores
 
-        truth = read_mask(self.o.masks / Path(key).with_suffix(".png"))
+        from .._io import inside
+
+        try:
+            path = inside(self.o.masks, str(Path(key).with_suffix(".png")))
+        except ValueError:  # an empty or a dot-only key
+            path = None
+        if path is None:
+            raise InputError(f"the mask of record {key!r} would lie outside --masks {self.o.masks}: masks are read "
+                             "only inside it (give keys that are relative paths)")
+        truth = read_mask(path)
         if truth.shape != labels.shape:
             raise InputError(f"mask of {key} is {tuple(truth.shape)}, the image {tuple(labels.shape)}")
         k1 = len(self.o.prompts) + 1
@@ -144,11 +177,12 @@ class SegmentExplainer:
                 "fg_miou": float(fg.miou[0]), "fg_ap": float(fg.ap[0])}
 
     def to_table(self, rows: Sequence[Dict[str, Any]]) -> Any:
-        """Rows as Arrow: image, text, best, score, labels; with masks confusion and fg_*."""
+        """Rows as Arrow: image, text, best, score, labels, file (the PNGs' name under labels/ and
+        overlays/); with masks confusion and fg_*."""
         import pyarrow as pa
 
         fields = [("image", pa.string()), ("text", pa.string()), ("best", pa.int32()), ("score", pa.float32()),
-                  ("labels", pa.list_(pa.int32()))]
+                  ("labels", pa.list_(pa.int32())), ("file", pa.string())]
         if self.o.masks is not None:
             fields += [("confusion", pa.list_(pa.int64())), ("fg_pixel_accuracy", pa.float32()),
                        ("fg_miou", pa.float32()), ("fg_ap", pa.float32())]
