@@ -107,7 +107,7 @@ def test_server_survives_bad_input(app, browser, scene, tmp_path):
     assert api(app, str(tmp_path / "bad.png"), ["a red circle"])[0].startswith("**Cannot explain:** cannot read")
     msg, grid = api(app, str(tmp_path / "huge.jpg"), ["a red circle"], ["maskclip"])[:2]
     assert "6000 x 6000 px" in msg and grid.count('class="gce-map"') == 1
-    assert api(app, path, ["a red zebra"])[0].startswith("**Cannot explain:** \"zebra\"")
+    assert api(app, path, ["a red zebra"])[0].startswith("**Cannot explain:** \"a red zebra\": the model does not know 'zebra'")
     fill(browser, None, s.prompts[:2])  # and the page still explains
     explain(browser, 2 * 3)
 

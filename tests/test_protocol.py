@@ -186,7 +186,7 @@ def test_class_names_and_templates(tmp_path):
     (tmp_path / "t.txt").write_text("a {}.\nthe {}\n")
     assert templates(str(tmp_path / "t.txt")) == ["a {}.", "the {}"]
     (tmp_path / "bad.txt").write_text("a photo\n")
-    with pytest.raises(InputError, match="needs"):
+    with pytest.raises(InputError, match="must contain {} for the class name, once"):
         templates(str(tmp_path / "bad.txt"))
     with pytest.raises(InputError, match="cannot read"):
         templates(str(tmp_path / "missing.txt"))
