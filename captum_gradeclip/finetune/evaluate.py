@@ -199,14 +199,15 @@ def scene_counts(model: Any, tokenizer: Any, scenes: SceneBatch, batch: int = 10
     """:class:`SceneCounts` of ``model`` on ``scenes``: region top-1 among the 48 prompts (true masks
     pooling the dense features, as :func:`region_accuracy`) and recognition (each present object's
     prompt above every absent one, as :func:`recognition`)."""
-    from ..forward import features, normalize
+    from ..forward import normalize
 
     prompts = _prompt_embeds(model, tokenizer)
     r_ok, r_n, g_ok, g_n = [], [], [], []
     for s in range(0, len(scenes.pixels), batch):
         px = scenes.pixels[s:s + batch]
-        dense = F.normalize(dense_features(model, px)[0], dim=-1)
-        sims = normalize(features(model.get_image_features(pixel_values=px))) @ prompts.t()  # (n, P)
+        dense, image = dense_features(model, px)  # one forward: the dense features and the pooled embedding
+        dense = F.normalize(dense, dim=-1)
+        sims = normalize(image) @ prompts.t()  # (n, P)
         masks = [grid_masks(m, dense.shape[1:3]) for m in scenes.masks[s:s + batch]]
         owner = torch.tensor([i for i, m in enumerate(masks) for _ in m], dtype=torch.long)
         flat = torch.cat(masks)
