@@ -78,7 +78,7 @@ CHOOSE, REPORT, CALIBRATION = ((SEEDS[f"finetune-ablation-{k}"].start, len(SEEDS
 PACKAGE_SCENES = 500
 #: The pre-ablation default (the README's first tables), every variant off.
 BASE = FinetuneConfig(confidence=False, focal_gamma=0.0, region_form="softmax", momentum=0.0, distill=0.0,
-                      freeze_projection=False, region_weight=1.0)
+                      freeze_projection=False, region_weight=1.0, lora=0, wise=1.0, lr=1e-4, steps=300)
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "baseline": {},
     "confidence": {"confidence": True},

@@ -107,7 +107,7 @@ def test_the_wise_command(tmp_path, pair, capsys):
 
 def test_finetune_wise_is_the_interpolation_and_a_finished_run_is_reinterpolated(tmp_path):
     torch.set_num_threads(1)
-    cfg = FinetuneConfig(steps=2, batch=4, log_every=100)
+    cfg = FinetuneConfig(steps=2, batch=4, log_every=100, wise=1.0)
     initial = {k: v.clone() for k, v in load_shapes_clip()[0].state_dict().items()}
     model, processor = load_shapes_clip()
     finetune(model, processor, ShapesSource(), cfg, tmp_path / "a")
