@@ -24,7 +24,7 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_pa
     from captum_gradeclip.cli import main
     from captum_gradeclip.shapes.model import WEIGHTS_DIR
 
-    common = ["finetune", "--steps", "3", "--batch", "8", "--eval-scenes", "0", "--threads", "1"]
+    common = ["finetune", "--steps", "3", "--batch", "8", "--eval-scenes", "0", "--threads", "1", "--wise", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "captum_gradeclip.cli", *common, "--out", str(tmp_path / "two")]
