@@ -274,6 +274,6 @@ def test_mined_maps_from_the_dataset_engine_replace_the_teacher(tmp_path):
     pq.write_table(to_table(rows, text_maps=False), tmp_path / "mined" / "shard-00000.parquet")
     attach_mined_maps(samples, tmp_path / "mined")
     assert PairsSource(samples).mined
-    got = region_masks("gradeclip", None, torch.zeros(2, 3, 64, 64), samples, (8, 8), FinetuneConfig())
+    got = region_masks("grad-eclip", None, torch.zeros(2, 3, 64, 64), samples, (8, 8), FinetuneConfig())
     want = soft_mask(torch.stack([r["map"].half().float() for r in rows]))
     assert torch.allclose(got, want)

@@ -1,5 +1,5 @@
 """``captum-gradeclip finetune`` under torchrun: 2 processes (gloo, CPU) against 1 with the same
-global batch; the command's metrics file with ablations."""
+global batch (full fine-tuning, and LoRA with WiSE); the command's metrics file with ablations."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_pa
     from captum_gradeclip.cli import main
     from captum_gradeclip.shapes.model import WEIGHTS_DIR
 
-    common = ["finetune", "--steps", "3", "--batch", "8", "--eval-scenes", "0", "--threads", "1"]
+    common = ["finetune", "--steps", "3", "--batch", "8", "--eval-scenes", "0", "--threads", "1", "--wise", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "captum_gradeclip.cli", *common, "--out", str(tmp_path / "two")]
@@ -71,3 +71,30 @@ def test_metrics_file_has_before_after_and_ablations(tmp_path):
 
     model, processor = load_shapes_clip(out)  # save_pretrained'ed: model and processor
     assert processor(text=["a red circle"], return_tensors="pt").input_ids.shape[0] == 1
+
+
+def test_two_processes_give_the_weights_of_one_with_lora_and_wise(tmp_path):
+    pytest.importorskip("peft")
+    from captum_gradeclip.cli import main
+    from captum_gradeclip.shapes.model import WEIGHTS_DIR
+
+    common = ["finetune", "--steps", "3", "--batch", "8", "--eval-scenes", "0", "--threads", "1", "--lora", "4",
+              "--lr", "1e-3", "--wise", "0.5"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "captum_gradeclip.cli", *common, "--out", str(tmp_path / "two")]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    assert main(common[:3] + ["--batch", "4"] + common[5:] + ["--out", str(tmp_path / "half")]) == 0
+    one, two, half = (_weights(tmp_path / n) for n in ("one", "two", "half"))
+    init = _weights(WEIGHTS_DIR)
+    assert set(one) == set(init)  # merged: the plain model's tensors, no adapter left
+    changed = [k for k in one if not torch.equal(one[k], init[k])]
+    assert changed and all(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "out_proj") for k in changed)
+
+    def gap(a, b):
+        return max((a[k] - b[k]).abs().max().item() for k in changed)
+
+    moved, diff, control = gap(one, init), gap(one, two), gap(one, half)
+    assert moved > 1e-4 and diff < 5e-5 < control, (moved, diff, control)

@@ -48,7 +48,7 @@ def test_confidence_is_the_maximum_of_each_mined_map():
     maps = torch.rand(3, 8, 8)
     maps[1, 2, 5] = 4.0
     samples = [Sample(None, "a b", ["a", "b"], maps=maps[:2]), Sample(None, "c", ["c"], maps=maps[2:])]
-    masks, conf = regions("gradeclip", None, torch.zeros(2, 3, 64, 64), samples, (8, 8), FinetuneConfig())
+    masks, conf = regions("grad-eclip", None, torch.zeros(2, 3, 64, 64), samples, (8, 8), FinetuneConfig())
     assert masks.shape == (3, 8, 8)
     assert torch.allclose(conf, maps.flatten(1).amax(-1)) and conf[1].item() == 4.0
     _, ones = regions("uniform", None, torch.zeros(2, 3, 64, 64), samples, (8, 8), FinetuneConfig())

@@ -3,6 +3,8 @@
     captum-gradeclip finetune --out DIR [--ablations]                       # ShapesCLIP, evaluated
     captum-gradeclip finetune --out DIR --model NAME_OR_PATH --pairs FILE.jsonl [--separator " and "]
     captum-gradeclip finetune --out DIR --model NAME_OR_PATH --pairs FILE.jsonl --maps MINED_DIR
+    captum-gradeclip finetune --out DIR --lora 16 --wise 0.5        # adapters only; weights pulled back half-way
+    captum-gradeclip wise BASE TUNED --alpha 0.5 --out DIR           # WiSE-FT of any two checkpoints of one model
     python -m torch.distributed.run --standalone --nproc-per-node 2 -m captum_gradeclip.cli finetune --out DIR
 
 Writes the fine-tuned model and processor to ``DIR`` (``save_pretrained``), ``DIR/TRAINING.json``
@@ -43,7 +45,8 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--batch", type=int, default=c.batch, help="global batch (split over processes)")
     f.add_argument("--lr", type=float, default=c.lr)
     f.add_argument("--seed", type=int, default=c.seed)
-    f.add_argument("--masks", choices=MASK_KINDS, default=c.masks, help="where region masks come from")
+    f.add_argument("--masks", default=c.masks, metavar="{" + ",".join(MASK_KINDS) + "}",
+                   help=f"where region masks come from (default: {c.masks})")
     f.add_argument("--captions", choices=("mixed", "all"), default=c.captions,
                    help="ShapesCLIP captions name 1, 2 or all objects (mixed, as its training did) or all")
     f.add_argument("--ablations", action="store_true", help="also fine-tune with true, uniform and GAME masks")
@@ -52,8 +55,36 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--save-every", type=int, default=c.save_every)
     f.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
     f.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # interruption, for tests
+    f.add_argument("--lora", type=int, default=c.lora, metavar="RANK",
+                   help="train rank-RANK adapters on the attention projections only (peft: the 'lora' extra), "
+                        "merged into the weights on save; 0: the whole model (default)")
+    f.add_argument("--wise", type=float, default=c.wise, metavar="ALPHA",
+                   help=f"save (1 - ALPHA) * initial + ALPHA * tuned weights (WiSE-FT; 1: the tuned model; default {c.wise})")
     _add_variant_args(f, c)
     f.set_defaults(func=cmd_finetune)
+    w = sub.add_parser("wise", help="interpolate two checkpoints of one architecture: (1 - ALPHA) * BASE + ALPHA * TUNED")
+    w.add_argument("base", help="the model before fine-tuning (a save_pretrained folder or a model name)")
+    w.add_argument("tuned", help="the fine-tuned model (same architecture), e.g. a finetune --out folder")
+    w.add_argument("--alpha", type=float, required=True, help="in [0, 1]: 0 gives BASE, 1 gives TUNED")
+    w.add_argument("--out", required=True, type=Path, help="output folder (model, TUNED's processor files, WISE.json)")
+    w.set_defaults(func=cmd_wise)
+
+
+def cmd_wise(args: argparse.Namespace) -> None:
+    """``captum-gradeclip wise BASE TUNED --alpha A --out DIR``: :func:`~.wise.wise_folders`."""
+    from .._io import check_output_dir
+    from .wise import check_alpha, wise_folders
+
+    try:
+        check_alpha(args.alpha, "--alpha")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    check_output_dir(str(args.out), flag="--out")
+    try:
+        record = wise_folders(args.base, args.tuned, args.alpha, args.out)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    print(json.dumps(record, indent=2))
 
 
 def _add_variant_args(f: Any, c: Any) -> None:
@@ -80,7 +111,7 @@ def _variant_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The :class:`~.train.FinetuneConfig` fields of :func:`_add_variant_args`' flags."""
     return dict(region_weight=args.region_weight, confidence=args.confidence, focal_gamma=args.focal_gamma,
                 region_form=args.region_loss, momentum=args.momentum, distill=args.distill,
-                freeze_projection=args.freeze_projection)
+                freeze_projection=args.freeze_projection, lora=args.lora, wise=args.wise)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -176,9 +207,34 @@ def check_flags(args: argparse.Namespace) -> None:
             raise CLIError(f"{flag} must be >= {least}, got {value}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise CLIError(f"--lr must be a positive finite number, got {args.lr}")
+    _check_methods(args)
     check_output_dir(str(args.out), flag="--out")
     if args.pairs is not None and not args.pairs.is_file():
         raise CLIError(f"--pairs {args.pairs}: no such file")
+
+
+def _check_methods(args: argparse.Namespace) -> None:
+    """``--masks``, ``--lora``, ``--wise`` (one line each; the old ``--masks gradeclip`` names the new name)."""
+    import math
+
+    from .teacher import RENAMED
+    from .train import MASK_KINDS
+
+    if args.masks in RENAMED:
+        raise CLIError(f"--masks {args.masks} is now called --masks {RENAMED[args.masks]}")
+    if args.masks not in MASK_KINDS:
+        raise CLIError(f"--masks must be one of {', '.join(MASK_KINDS)}, got {args.masks}")
+    if args.lora < 0:
+        raise CLIError(f"--lora must be >= 0 (0: no adapters), got {args.lora}")
+    if not (math.isfinite(args.wise) and 0 <= args.wise <= 1):
+        raise CLIError(f"--wise must be in [0, 1] (0: the initial model, 1: the tuned one), got {args.wise}")
+    if args.lora:
+        from .lora import _peft
+
+        try:
+            _peft()
+        except ValueError as e:
+            raise CLIError(str(e)) from None
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:

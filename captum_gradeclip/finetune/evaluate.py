@@ -10,6 +10,7 @@ never on the evaluation scenes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -153,3 +154,90 @@ def evaluate_finetuning(model: Any, processor: Any, *, n: int = 500, n_calibrati
         "background_level": background,
         "scenes": n,
     }
+
+
+@dataclass(frozen=True)
+class SceneCounts:
+    """Per-scene counts of the two measures of the trade-off curve (``benchmarks/finetune_ablation.py``),
+    so that accuracies, their differences between two models and standard errors come from one record.
+
+    Attributes:
+        region_ok, region_n: ``(N,)`` visible objects whose region is classified right, and visible
+            objects (:func:`region_accuracy` is ``region_ok.sum() / region_n.sum()``).
+        recog_ok, recog_n: ``(N,)`` present objects scored above every absent prompt, and present
+            distinct objects (:func:`recognition` is ``recog_ok.sum() / recog_n.sum()``).
+    """
+
+    region_ok: Tensor
+    region_n: Tensor
+    recog_ok: Tensor
+    recog_n: Tensor
+
+
+@dataclass(frozen=True)
+class SceneBatch:
+    """Scenes rendered once for many models: ``pixels (N, 3, H, W)``, each scene's ``masks (K_i, H, W)``,
+    ``labels`` (each object's prompt index, ``(K_i,)``) and ``present`` (its distinct objects' indices)."""
+
+    pixels: Tensor
+    masks: List[Tensor]
+    labels: List[Tensor]
+    present: List[Tensor]
+
+    @staticmethod
+    def render(seeds: Sequence[int]) -> "SceneBatch":
+        """The scenes of ``seeds``."""
+        scenes = [render_scene(seed=s) for s in seeds]
+        index = {p: i for i, p in enumerate(all_prompts())}
+        labels = [torch.tensor([index[p] for p in s.prompts], dtype=torch.long) for s in scenes]
+        return SceneBatch(_pixels(scenes), [s.masks for s in scenes], labels,
+                          [torch.tensor(sorted(set(x.tolist())), dtype=torch.long) for x in labels])
+
+
+@torch.no_grad()
+def scene_counts(model: Any, tokenizer: Any, scenes: SceneBatch, batch: int = 100) -> SceneCounts:
+    """:class:`SceneCounts` of ``model`` on ``scenes``: region top-1 among the 48 prompts (true masks
+    pooling the dense features, as :func:`region_accuracy`) and recognition (each present object's
+    prompt above every absent one, as :func:`recognition`)."""
+    from ..forward import normalize
+
+    prompts = _prompt_embeds(model, tokenizer)
+    r_ok, r_n, g_ok, g_n = [], [], [], []
+    for s in range(0, len(scenes.pixels), batch):
+        px = scenes.pixels[s:s + batch]
+        dense, image = dense_features(model, px)  # one forward: the dense features and the pooled embedding
+        dense = F.normalize(dense, dim=-1)
+        sims = normalize(image) @ prompts.t()  # (n, P)
+        masks = [grid_masks(m, dense.shape[1:3]) for m in scenes.masks[s:s + batch]]
+        owner = torch.tensor([i for i, m in enumerate(masks) for _ in m], dtype=torch.long)
+        flat = torch.cat(masks)
+        keep = flat.flatten(1).sum(-1) > 0  # fully occluded objects have no region
+        pooled = pool_regions(dense, flat[keep], owner[keep])
+        right = (F.normalize(pooled, dim=-1) @ prompts.t()).argmax(-1) == torch.cat(scenes.labels[s:s + batch])[keep]
+        r_ok += torch.zeros(len(px)).index_add_(0, owner[keep], right.float()).tolist()
+        r_n += torch.zeros(len(px)).index_add_(0, owner[keep], torch.ones(len(pooled))).tolist()
+        for i in range(len(px)):
+            present = scenes.present[s + i]
+            absent = torch.ones(sims.shape[1], dtype=torch.bool)
+            absent[present] = False
+            g_ok.append(int((sims[i, present] > sims[i, absent].max()).sum()))
+            g_n.append(len(present))
+    return SceneCounts(*(torch.tensor(x, dtype=torch.float64) for x in (r_ok, r_n, g_ok, g_n)))
+
+
+def ratio_and_se(ok: Tensor, n: Tensor, base_ok: Optional[Tensor] = None) -> "tuple[float, float]":
+    """``(value, standard error)`` of ``sum(ok) / sum(n)`` over scenes ``(N,)``, or with ``base_ok``
+    of the paired difference ``(sum(ok) - sum(base_ok)) / sum(n)`` (two models on the same scenes).
+    The error treats scenes as the independent units (objects of one scene are not): the ratio
+    estimator's ``sqrt(N / (N - 1) * sum((d_i - value * n_i)^2)) / sum(n)``.
+
+    Raises:
+        ValueError: fewer than two scenes or no object.
+    """
+    d = ok if base_ok is None else ok - base_ok
+    if len(n) < 2 or float(n.sum()) == 0:
+        raise ValueError(f"need at least two scenes with objects, got {len(n)} scenes")
+    value = float(d.sum() / n.sum())
+    centred = d - value * n
+    se = float((len(n) / (len(n) - 1) * (centred ** 2).sum()).sqrt() / n.sum())
+    return value, se

@@ -5,20 +5,50 @@ against every distinct phrase of the batch in one forward and one batched backwa
 (:meth:`~captum_gradeclip.ImageGradECLIP.attribute_all` on the last image block), and keeps each
 image's own phrases. ``method="game"`` uses Chefer et al.'s relevance over all blocks instead (the
 ablation that asks whether Grad-ECLIP's maps are what helps).
+
+The teacher reads a model only through :class:`captum_gradeclip.models.LoadedCLIP` (its
+``image_layers``, ``tokens`` and ``image_similarity``), so it mines with any family the package
+loads: Hugging Face, open_clip / OpenAI CLIP, or one registered with ``models.register_family``.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, List, Sequence, Tuple
+from types import SimpleNamespace
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .. import ImageGradECLIP, ImageTextSimilarity
+from ..errors import InputError
 
-#: Explanation methods the teacher can mine with.
-TEACHER_METHODS = ("gradeclip", "game")
+#: Explanation methods the teacher can mine with (the methods registry's kebab-case names).
+TEACHER_METHODS = ("grad-eclip", "game")
+#: Old names, and the name each is called now.
+RENAMED = {"gradeclip": "grad-eclip"}
+
+
+def check_method(method: str) -> str:
+    """``method`` if the teacher knows it.
+
+    Raises:
+        InputError: an old name (the message names the new one) or an unknown method.
+    """
+    if method in RENAMED:
+        raise InputError(f"the teacher method {method!r} is now called {RENAMED[method]!r}")
+    if method not in TEACHER_METHODS:
+        raise InputError(f"the teacher method must be one of {TEACHER_METHODS}, got {method!r}")
+    return method
+
+
+def explainer(method: str, clip: Any, similarity: Any) -> Any:
+    """The method ``method`` over ``clip``'s image layers, built by the method registry
+    (:func:`captum_gradeclip.methods.build`: Grad-ECLIP on the last layer, GAME over all of them):
+    the one place the teacher looks a method up. ``attribute_all(pixels (N, 3, H, W))`` gives
+    ``(N, T, h, w)``."""
+    from ..methods import build
+
+    return build(method, clip, similarity)
 
 
 def flatten_phrases(phrases: Sequence[Sequence[str]]) -> Tuple[Tensor, List[str]]:
@@ -27,28 +57,54 @@ def flatten_phrases(phrases: Sequence[Sequence[str]]) -> Tuple[Tensor, List[str]
     return torch.tensor(index, dtype=torch.long), [p for ps in phrases for p in ps]
 
 
+def hf_clip(model: Any, tokenizer: Any) -> Any:
+    """A Hugging Face ``CLIPModel`` and its tokenizer as a :class:`~captum_gradeclip.models.LoadedCLIP`
+    (no image processor: the teacher is given pixels)."""
+    from ..models import wrap_hf
+
+    return wrap_hf(model, SimpleNamespace(tokenizer=tokenizer))
+
+
+def _as_clip(model: Any, tokenizer: Optional[Any]) -> Any:
+    from ..models import LoadedCLIP
+
+    if isinstance(model, LoadedCLIP):
+        return model
+    if tokenizer is None:
+        raise InputError("a model without its tokenizer: pass a LoadedCLIP (models.load, wrap_hf, wrap_open_clip) "
+                         "or a Hugging Face CLIPModel and its tokenizer")
+    return hf_clip(model, tokenizer)
+
+
 class Teacher:
-    """A frozen copy of a Hugging Face ``CLIPModel`` that mines (image, phrase) explanation maps.
+    """A frozen copy of a CLIP that mines (image, phrase) explanation maps.
 
     Args:
-        model: the model before fine-tuning; it is copied (the copy: eval mode, no gradients), the
-            original is not touched.
-        tokenizer: the model's tokenizer (``processor.tokenizer``).
-        method: ``"gradeclip"`` (default) or ``"game"``.
+        model: the model before fine-tuning: a :class:`~captum_gradeclip.models.LoadedCLIP` of any
+            family (Hugging Face, open_clip, ...) or a Hugging Face ``CLIPModel``; its model is
+            copied (the copy: eval mode, no gradients), the original is not touched.
+        tokenizer: with a ``CLIPModel``: its tokenizer (``processor.tokenizer``); else unused.
+        method: ``"grad-eclip"`` (default) or ``"game"``.
 
     Raises:
-        ValueError: an unknown ``method``.
+        InputError: an unknown ``method`` (the old ``"gradeclip"``: a message naming the new name).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, method: str = "gradeclip") -> None:
-        if method not in TEACHER_METHODS:
-            raise ValueError(f"method must be one of {TEACHER_METHODS}, got {method!r}")
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.method = method
+    def __init__(self, model: Any, tokenizer: Optional[Any] = None, method: str = "grad-eclip") -> None:
+        self.method = check_method(method)
+        clip = _as_clip(model, tokenizer)
+        # one deepcopy of the record: its layers stay the copy's modules; the tokenizer is shared
+        memo = {id(clip.tokenizer): clip.tokenizer, id(clip.preprocess): clip.preprocess}
+        self.clip = copy.deepcopy(clip, memo)
+        self.clip.model.eval().requires_grad_(False)
+
+    @property
+    def model(self) -> Any:
+        """The frozen copy of the model."""
+        return self.clip.model
 
     def maps(self, pixel_values: Tensor, phrases: Sequence[Sequence[str]]) -> Tensor:
-        """Teacher maps of each image's phrases: :func:`phrase_maps` of the frozen copy.
+        """Teacher maps of each image's phrases: :func:`clip_maps` of the frozen copy.
 
         Args:
             pixel_values: ``(N, 3, H, W)``. phrases: ``N`` non-empty lists of phrases.
@@ -57,29 +113,21 @@ class Teacher:
             ``(R, h, w)``, one map per (image, phrase) in the order of :func:`flatten_phrases`.
 
         Raises:
-            ValueError: see :func:`phrase_maps`.
+            ValueError: see :func:`clip_maps`.
         """
-        return phrase_maps(self.model, self.tokenizer, pixel_values, phrases, method=self.method)
+        return clip_maps(self.clip, pixel_values, phrases, method=self.method)
 
 
-def _explainer(model: Any, sim: ImageTextSimilarity, method: str) -> Any:
-    layers = model.vision_model.encoder.layers
-    if method == "game":
-        from ..baselines import GAME
-
-        return GAME(sim, list(layers))
-    return ImageGradECLIP(sim, layers[-1])
-
-
-def phrase_maps(model: Any, tokenizer: Any, pixel_values: Tensor, phrases: Sequence[Sequence[str]], *,
-                method: str = "gradeclip") -> Tensor:
+def clip_maps(clip: Any, pixel_values: Tensor, phrases: Sequence[Sequence[str]], *,
+              method: str = "grad-eclip") -> Tensor:
     """Explanation maps of each image against each of its phrases, all phrases of the batch at once.
 
     Args:
-        model: a Hugging Face ``CLIPModel`` (not modified). tokenizer: its tokenizer.
+        clip: a :class:`~captum_gradeclip.models.LoadedCLIP` (its model is not modified): its
+            ``image_layers``, ``tokens(texts)`` and ``image_similarity(ids, mask)`` are used.
         pixel_values: ``(N, 3, H, W)``.
         phrases: ``N`` lists of phrases (each non-empty).
-        method: ``"gradeclip"`` (last image block) or ``"game"`` (all blocks).
+        method: ``"grad-eclip"`` (last image layer) or ``"game"`` (all layers).
 
     Returns:
         ``(R, h, w)``, one map per (image, phrase) in the order of :func:`flatten_phrases`:
@@ -87,23 +135,39 @@ def phrase_maps(model: Any, tokenizer: Any, pixel_values: Tensor, phrases: Seque
         the batch's distinct phrases.
 
     Raises:
-        ValueError: a different number of phrase lists than images, an image without phrases, or
+        InputError: a different number of phrase lists than images, an image without phrases, or
             an unknown ``method``.
     """
-    if method not in TEACHER_METHODS:
-        raise ValueError(f"method must be one of {TEACHER_METHODS}, got {method!r}")
+    check_method(method)
     if len(phrases) != len(pixel_values):
-        raise ValueError(f"got {len(phrases)} phrase lists for {len(pixel_values)} images; give one per image")
+        raise InputError(f"got {len(phrases)} phrase lists for {len(pixel_values)} images; give one per image")
     empty = [i for i, ps in enumerate(phrases) if not ps]
     if empty:
-        raise ValueError(f"images {empty} have no phrases; every image needs at least one")
+        raise InputError(f"images {empty} have no phrases; every image needs at least one")
     image_index, flat = flatten_phrases(phrases)
     distinct = list(dict.fromkeys(flat))
-    tok = tokenizer(distinct, padding=True, truncation=True, return_tensors="pt")
-    sim = ImageTextSimilarity(model, tok.input_ids.to(pixel_values.device), tok.attention_mask.to(pixel_values.device))
-    maps = _explainer(model, sim, method).attribute_all(pixel_values.detach())  # (N, Q, h, w)
+    ids, mask = clip.tokens(distinct)
+    dev = pixel_values.device
+    sim = clip.image_similarity(ids.to(dev), None if mask is None else mask.to(dev))
+    maps = explainer(method, clip, sim).attribute_all(pixel_values.detach())  # (N, Q, h, w)
     column = torch.tensor([distinct.index(p) for p in flat], dtype=torch.long)
     return maps[image_index.to(maps.device), column.to(maps.device)]
+
+
+def phrase_maps(model: Any, tokenizer: Any, pixel_values: Tensor, phrases: Sequence[Sequence[str]], *,
+                method: str = "grad-eclip") -> Tensor:
+    """:func:`clip_maps` of a Hugging Face ``CLIPModel`` (not modified) and its tokenizer.
+
+    Args:
+        pixel_values: ``(N, 3, H, W)``. phrases: ``N`` non-empty lists. method: as :func:`clip_maps`.
+
+    Returns:
+        ``(R, h, w)``, as :func:`clip_maps`.
+
+    Raises:
+        InputError: as :func:`clip_maps`.
+    """
+    return clip_maps(hf_clip(model, tokenizer), pixel_values, phrases, method=method)
 
 
 class MomentumModel:

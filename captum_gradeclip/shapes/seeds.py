@@ -59,6 +59,8 @@ _RANGES: Tuple[SeedRange, ...] = (
     SeedRange("finetune-ablation-choose", 700_000, 700_150, "benchmarks/finetune_ablation.py: variant chosen here"),
     SeedRange("finetune-ablation-calibration", 750_000, 750_100, "benchmarks/finetune_ablation.py: background level"),
     SeedRange("finetune-ablation-report", 800_000, 800_150, "benchmarks/finetune_ablation.py: reported here"),
+    SeedRange("finetune-curve-choose", 820_000, 820_600, "benchmarks/finetune_ablation.py curve: the default chosen here"),
+    SeedRange("finetune-curve-report", 830_000, 831_000, "benchmarks/finetune_ablation.py curve: reported here"),
     SeedRange("shapes-train", 1_000_000, 100_000_000, "ShapesCLIP's and ShapesViT's training scenes (seed 0 runs)"),
     SeedRange("analysis-decomposition", 200_000_000, 200_050_000, "analyze decomposition"),
     SeedRange("analysis-concreteness", 200_050_000, 200_100_000, "analyze concreteness"),
