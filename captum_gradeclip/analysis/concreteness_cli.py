@@ -49,7 +49,7 @@ def cmd_concreteness(args: argparse.Namespace) -> None:
     from ..scale import read_maps
     from .concreteness import from_maps, load_ratings, summarize
     from .figures import concreteness_figure
-    from .words import bpe_tokens
+    from .words import bpe_tokens, word_scheme
 
     if args.min_count < 1:
         raise CLIError(f"--min-count must be at least 1, got {args.min_count}")
@@ -68,7 +68,7 @@ def cmd_concreteness(args: argparse.Namespace) -> None:
         if not is_main_process():
             return
     job = read_maps(maps, columns=["image", "text", "words", "word_map"])
-    rows, errors = from_maps(job, lambda t: bpe_tokens(clip, t)[0], ratings)
+    rows, errors = from_maps(job, lambda t: bpe_tokens(clip, t)[0], ratings, scheme=word_scheme(clip.tokenizer))
     errors = [{"image": e.image, "text": e.text, "error": e.error} for e in errors] + job_errors(maps)
     write_rows(rows, out)
     (out / "errors.jsonl").write_text("".join(json.dumps(e) + "\n" for e in errors), encoding="utf-8")

@@ -84,7 +84,7 @@ def cmd_decomposition(args: argparse.Namespace) -> None:
     from ..scale import read_maps
     from .decomposition import from_maps, job_texts, summarize
     from .figures import decomposition_figure
-    from .words import bpe_tokens
+    from .words import bpe_tokens, word_scheme
 
     specs = _pair_specs(args) if args.pairs else None  # a bad pairs file fails before the model loads
     clip = load_clip(args)
@@ -103,7 +103,8 @@ def cmd_decomposition(args: argparse.Namespace) -> None:
     (out / "job_pairs.jsonl").write_text("".join(json.dumps({"image": sp.image, "texts": job_texts(sp.caption, sp.phrases)})
                                                  + "\n" for sp in specs), encoding="utf-8")
     job = read_maps(maps, columns=["image", "text", "score", "map", "word_map"])
-    rows, errors, examples = from_maps(specs, job, lambda t: bpe_tokens(clip, t)[0], keep=args.figure_pairs)
+    rows, errors, examples = from_maps(specs, job, lambda t: bpe_tokens(clip, t)[0], keep=args.figure_pairs,
+                                       scheme=word_scheme(clip.tokenizer))
     errors = [{"image": e.image, "text": e.text, "error": e.error} for e in errors] + job_errors(maps)
     if not rows:
         raise AnalysisError(f"no pair could be analysed ({len(errors)} errors, the first: {errors[0]['error'] if errors else '-'})")
