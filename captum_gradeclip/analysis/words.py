@@ -345,19 +345,33 @@ def _end_id(tok: Any) -> Optional[int]:
 
 def _eos(tokenizer: Any, ids: Tensor) -> int:
     """The position of the end token in ``ids (L,)``: the tokenizer's end id (EOS, EOT, BERT's
-    SEP), else the largest id."""
+    SEP; ``L`` if it is not there), else (no end id known) the largest id."""
     end = _end_id(getattr(tokenizer, "tokenizer", tokenizer))
-    hits = (ids == end).nonzero() if end is not None else ids.new_zeros(0, 1)
-    return int(hits[0, 0]) if len(hits) else int(ids.argmax())
+    if end is None:
+        return int(ids.argmax())
+    hits = (ids == end).nonzero()
+    return int(hits[0, 0]) if len(hits) else len(ids)
+
+
+def _first(tokenizer: Any, ids: Tensor) -> int:
+    """1 when ``ids`` start with a start token (CLIP's start of text, BERT's CLS), else 0 (SigLIP)."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    starts = {getattr(tok, n, None) for n in ("bos_token_id", "cls_token_id", "sot_token_id")} - {None}
+    enc = getattr(tok, "encoder", None)
+    if isinstance(enc, dict):
+        starts |= {enc[t] for t in SPECIAL if t in enc and "start" in t}
+    return int(len(ids) > 0 and int(ids[0]) in starts)
 
 
 def bpe_tokens(clip: "LoadedCLIP", text: str) -> Tuple[List[str], int]:
-    """The sub-word tokens of ``text`` between its start and end tokens, markers kept, as the
-    model's tokenizer cuts it (its truncation included), and the end token's position ``e``:
-    the tokens are positions ``1:e`` of the ids (the positions of a ``word_map``)."""
+    """The sub-word tokens of ``text`` between its start token (if the tokenizer has one) and its
+    end token, markers kept, as the model's tokenizer cuts it (its truncation included), and the
+    end token's position ``e``: the tokens are positions ``1:e`` of the ids (``0:e`` without a
+    start token, as SigLIP's), the positions of a ``word_map``. Merge them with
+    :func:`merge_words` and the tokenizer's :func:`word_scheme`."""
     ids, _ = clip.tokens([text])
     ids = ids[0]
     e = _eos(clip.tokenizer, ids)
-    inner = ids[1:e].tolist()
+    inner = ids[_first(clip.tokenizer, ids):e].tolist()
     toks = _hf_tokens(clip.tokenizer, inner) if clip.family == "hf" else _id_to_token(clip.tokenizer, inner)
     return toks, e
