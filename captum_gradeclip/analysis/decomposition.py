@@ -26,7 +26,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -88,13 +88,13 @@ class DecompositionRow:
 @dataclass(frozen=True)
 class PairSpec:
     """What one pair asks: ``image`` (its key in the job), ``caption``, ``phrases``, the
-    phrases' true ``masks`` ``(P, H, W)`` bool where known (ShapesCLIP, COCO instances), else
-    ``None``, and ``cluster`` (the unit resampled together; default the image)."""
+    phrases' true ``masks`` ``(P, H, W)`` bool where known (ShapesCLIP, COCO instances; or a
+    function computing them when the pair is read), else ``None``, and ``cluster`` (the unit resampled together; default the image)."""
 
     image: str
     caption: str
     phrases: Tuple[str, ...]
-    masks: Optional[Tensor] = None
+    masks: Optional[Union[Tensor, Callable[[], Optional[Tensor]]]] = None
     cluster: str = ""
 
 
@@ -300,8 +300,9 @@ def _one(spec: PairSpec, job: Dict[Tuple[str, str], Dict[str, Any]], tokens_of: 
     Mp = torch.stack([job[spec.image, p]["map"].double() for p in spec.phrases])
     dels = [job[spec.image, d]["score"] for d in deletions(spec.caption, spec.phrases)]
     repeated = tuple(sp.phrase for sp in locate_phrases(spec.caption, spec.phrases) if sp.occurrences > 1)
+    masks = spec.masks() if callable(spec.masks) else spec.masks
     row = decompose(image=spec.image, caption=spec.caption, phrases=spec.phrases, M=M, Mp=Mp, weights=weights,
-                    score=cap["score"], deletion_scores=dels, masks=spec.masks, repeated=repeated,
+                    score=cap["score"], deletion_scores=dels, masks=masks, repeated=repeated,
                     cluster=spec.cluster)
     return row, {"caption": spec.caption, "phrases": spec.phrases, "M": M, "Mp": Mp, "weights": weights,
                  "r": row.r_weighted}
