@@ -3,6 +3,7 @@
     captum-gradeclip analyze attributes --out DIR                       # ShapesCLIP, generated probes
     captum-gradeclip analyze attributes --out DIR --model NAME --pairs PROBES.jsonl
     captum-gradeclip analyze attributes --out DIR --model NAME --pairs PROBES.jsonl --maps JOB   # explain-dataset's maps
+    captum-gradeclip analyze attributes --out DIR --model NAME --coco-instances instances_val2017.json --images val2017/
 
 Writes ``DIR/rows.parquet`` (or ``rows.csv``: one row per probe), ``DIR/summary.json`` (per
 category: the model's accuracy, the pointing game and energy pointing game of Grad-ECLIP and of
@@ -32,6 +33,8 @@ def _suite(args: argparse.Namespace, clip) -> Tuple[Iterable, list, dict, str]:
     from . import attributes as A
     from .probes import iter_probes, job_pairs, read_probes
 
+    if args.coco_instances:
+        return _coco_suite(args, clip)
     if args.pairs:
         lines = read_probes(args.pairs, args.images)
         try:
@@ -50,6 +53,39 @@ def _suite(args: argparse.Namespace, clip) -> Tuple[Iterable, list, dict, str]:
     return scenes, [], dict(A.NOT_EXPRESSIBLE), (
         f"ShapesCLIP suite: {args.scenes} three-object scenes (seeds {A.ATTRIBUTES_SEED_START}...) and "
         f"{args.scenes} two-object binding scenes (seeds {A.BINDING_SEED_START}...)")
+
+
+def _coco_suite(args: argparse.Namespace, clip) -> Tuple[Iterable, list, dict, str]:
+    """The probes generated from ``--coco-instances`` (:func:`.coco.instance_probes`), one image at a
+    time; the annotations that cannot be used are error rows."""
+    import json
+
+    from .._io import open_image
+    from .attributes import ProbeRow
+    from .coco import instance_probes, instance_scenes, read_instances
+
+    if not args.images:
+        raise CLIError("--coco-instances takes --images DIR (the folder of its file_names)")
+    inst = read_instances(args.coco_instances)
+    errors: list = [ProbeRow(f"annotation:{i}", e["image"], "other", "", None, error=e["error"])
+                    for i, e in enumerate(inst.errors)]
+    texts: dict = {}
+    for image_id in sorted(inst.images):
+        im = inst.images[image_id]
+        specs = instance_probes(im, inst.objects.get(image_id, []), inst.categories)
+        if specs and args.coco_images is not None and len(texts) >= args.coco_images:
+            break
+        for s in specs:
+            texts.setdefault(im.file_name, []).extend([s.prompt] + ([s.distractor] if s.distractor else []))
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "job_pairs.jsonl").write_text("".join(json.dumps({"image": k, "texts": list(dict.fromkeys(v))})
+                                                                + "\n" for k, v in texts.items()), encoding="utf-8")
+    except OSError as e:
+        raise CLIError(f"cannot write --out {args.out}: {e.strerror or e}") from None
+    scenes = instance_scenes(inst, args.images, lambda im: clip.pixels([im])[0], open_image, errors,
+                             limit=args.coco_images)
+    return scenes, errors, {}, f"COCO instances {args.coco_instances} ({len(texts)} images with probes)"
 
 
 def _read_job(maps: str) -> dict:
@@ -88,7 +124,7 @@ def cmd_attributes(args: argparse.Namespace) -> None:
     from .attributes_figure import attributes_figure
     from .common import load_clip, write_rows, write_summary
 
-    if args.maps and not args.pairs:
+    if args.maps and not (args.pairs or args.coco_instances):
         raise CLIError("--maps needs --pairs PROBES.jsonl (the generated ShapesCLIP suite is explained directly): "
                        "give the probe file the job was run for, or drop --maps")
     if args.scenes < 1 or args.examples < 1:
@@ -126,4 +162,8 @@ def add_parser(asub: "argparse._SubParsersAction") -> None:
     p.add_argument("--scenes", type=int, default=200,
                    help="ShapesCLIP: scenes of the generated suite (default 200; each gives one probe per category)")
     p.add_argument("--examples", type=int, default=4, help="examples per category in the figure (default 4)")
+    p.add_argument("--coco-instances", default=None, metavar="instances_val2017.json",
+                   help="COCO instances (with --images DIR): probes generated from the annotations, every category")
+    p.add_argument("--coco-images", type=int, default=None, metavar="N",
+                   help="with --coco-instances: the first N images (by id) that have probes (default: all)")
     p.set_defaults(func=cmd_attributes)

@@ -191,7 +191,7 @@ def _finish(args: argparse.Namespace, clip, specs: List[Any], errors: List[dict]
     job = read_maps(maps, columns=["image", "text", "score", "map", "word_map"])
     rows, pair_errors, examples = from_maps(specs, job, lambda t: bpe_tokens(clip, t)[0], keep=args.figure_pairs,
                                             scheme=word_scheme(clip.tokenizer))
-    errors = errors + [{"image": e.image, "text": e.text, "error": e.error} for e in pair_errors] + job_errors(maps)
+    errors = errors + _pair_errors(pair_errors, job_errors(maps))
     if not rows:
         raise AnalysisError(f"no pair could be analysed ({len(errors)} errors, the first: {errors[0]['error'] if errors else '-'})")
     write_rows(rows, out)
@@ -203,6 +203,15 @@ def _finish(args: argparse.Namespace, clip, specs: List[Any], errors: List[dict]
         ex["image"] = image_of(ex["image_key"])
     decomposition_figure(examples, out / "decomposition.png")
     _report(summary, out)
+
+
+def _pair_errors(pair_errors: List[Any], image_errors: List[dict]) -> List[dict]:
+    """One error row per pair that could not be analysed: a pair whose image the engine could
+    not read says why (the image's error), instead of a second row for the image."""
+    by_image = {e["image"]: e["error"] for e in image_errors}
+    rows = [{"image": e.image, "text": e.text, "error": by_image.get(e.image, e.error)} for e in pair_errors]
+    named = {e.image for e in pair_errors}
+    return rows + [e for e in image_errors if e["image"] not in named]
 
 
 def _report(s: dict, out: Path) -> None:
