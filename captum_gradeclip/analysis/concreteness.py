@@ -36,8 +36,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from torch import Tensor
 
-from ..shapes.seeds import SEEDS
 from ..errors import InputError
+from ..shapes.seeds import SEEDS
 from .common import AnalysisError
 from .stats import Interval, bootstrap_ci, correlation_intervals
 from .words import WordSpan, merge_words, word_values
