@@ -250,15 +250,16 @@ def explain_scene(clip: "LoadedCLIP", scene: SceneProbes) -> Tuple[Dict[str, int
 
 
 def from_job(scene: SceneProbes, job: Dict[Tuple[str, str], Dict[str, object]]) -> Tuple[Dict[str, int], Tensor, Dict[str, Tensor]]:
-    """A scene's texts read from a finished ``explain-dataset`` job instead of computed: Grad-ECLIP
-    maps and scores only (the job holds no GAME maps).
+    """A scene's texts read from finished engine jobs instead of computed: Grad-ECLIP maps and
+    scores (an ``explain-dataset`` job), and GAME's where the rows hold a ``game_map``
+    (:func:`.attributes_engine.read_jobs`).
 
     Args:
-        job: ``(image key, text) -> row`` with ``map (h, w)`` and ``score`` (e.g. from
-            :func:`captum_gradeclip.scale.read_maps`).
+        job: ``(image key, text) -> row`` with ``map (h, w)``, ``score`` and optionally
+            ``game_map (h, w)`` (e.g. from :func:`captum_gradeclip.scale.read_maps`).
 
     Returns:
-        as :func:`explain_scene`, ``maps`` holding ``"grad_eclip"`` only.
+        as :func:`explain_scene`, ``maps`` holding ``"grad_eclip"`` (and ``"game"``).
 
     Raises:
         KeyError: the job has no row for one of the scene's texts.
@@ -270,7 +271,10 @@ def from_job(scene: SceneProbes, job: Dict[Tuple[str, str], Dict[str, object]]) 
                        "--pairs on this command's job_pairs.jsonl")
     rows = [job[scene.key, t] for t in texts]
     scores = torch.tensor([float(r["score"]) for r in rows])
-    return {t: i for i, t in enumerate(texts)}, scores, {"grad_eclip": torch.stack([r["map"] for r in rows])}
+    maps = {"grad_eclip": torch.stack([r["map"] for r in rows])}
+    if all(r.get("game_map") is not None for r in rows):  # the engine's GAME job (attributes_engine)
+        maps["game"] = torch.stack([r["game_map"] for r in rows])
+    return {t: i for i, t in enumerate(texts)}, scores, maps
 
 
 def measure(clip: "LoadedCLIP", scenes: Iterable[SceneProbes],

@@ -9,7 +9,11 @@ Writes ``DIR/rows.parquet`` (or ``rows.csv``: one row per probe), ``DIR/summary.
 category: the model's accuracy, the pointing game and energy pointing game of Grad-ECLIP and of
 GAME, with 95% bootstrap intervals; binding's energy shares; absent prompts' concentration) and
 ``DIR/attributes.png``. Each image's prompts and distractors are explained in one
-``attribute_all`` call per method, one image at a time (``--batch-size`` is not used).
+``attribute_all`` call per method, one image at a time; with ``--engine`` as two dataset-engine
+jobs (``DIR/maps/grad-eclip``, ``DIR/maps/game``: shards, resumption, torchrun; ``--batch-size``
+images per batch, default 1).
+
+    torchrun --nproc-per-node 2 -m captum_gradeclip analyze attributes --engine --out DIR
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Any, Iterable, List, Tuple
 
 from ..errors import CLIError
 from .common import add_model_args
@@ -88,6 +92,23 @@ def _coco_suite(args: argparse.Namespace, clip) -> Tuple[Iterable, list, dict, s
     return scenes, errors, {}, f"COCO instances {args.coco_instances} ({len(texts)} images with probes)"
 
 
+def _engine(args: argparse.Namespace, clip, scenes: Iterable, out: Path, what: str) -> Tuple[Any, Any]:
+    """The suite's maps as two engine jobs (``out/maps/grad-eclip``, ``out/maps/game``: shards,
+    resumption, torchrun's ranks), read back on rank 0: ``(scenes, job)``; ``(None, None)`` on the
+    other ranks. The scenes are held as a list (their pixels, for the engine's dataset)."""
+    from .attributes_engine import ProbeScenes, read_jobs, run_jobs
+    from .common import is_main_process
+
+    scenes = list(scenes)
+    config = {"study": "attributes", "model": args.open_clip or args.model or "ShapesCLIP (shipped)", "suite": what}
+    paths = run_jobs(ProbeScenes(scenes), clip, out / "maps", config=config, batch_size=args.batch_size,
+                     shard_size=args.shard_size)
+    if not is_main_process():
+        return None, None
+    job, _ = read_jobs(paths)
+    return scenes, job
+
+
 def _read_job(maps: str) -> dict:
     """``(image, text) -> row`` of a finished explain-dataset job (``map``, ``score``)."""
     from ..scale import read_maps
@@ -129,16 +150,23 @@ def cmd_attributes(args: argparse.Namespace) -> None:
                        "give the probe file the job was run for, or drop --maps")
     if args.scenes < 1 or args.examples < 1:
         raise CLIError(f"--scenes and --examples must be >= 1, got {args.scenes} and {args.examples}")
+    if args.engine and args.maps:
+        raise CLIError("--engine computes the maps as engine jobs; --maps reads a finished one: give one of them")
     out = Path(args.out)
     t0 = time.perf_counter()
     clip = load_clip(args)
     scenes, errors, not_expr, what = _suite(args, clip)
     job = _read_job(args.maps) if args.maps else None
+    if args.engine:
+        scenes, job = _engine(args, clip, scenes, out, what)
+        if scenes is None:
+            return
     with torch.enable_grad():
         rows, kept = A.measure(clip, scenes, job, keep=3 * args.examples)
     rows: List[A.ProbeRow] = rows + errors
     summary = A.summarize(rows, not_expressible=not_expr)
-    summary.update(suite=what, seconds=round(time.perf_counter() - t0, 1), maps=args.maps or "computed",
+    summary.update(suite=what, seconds=round(time.perf_counter() - t0, 1),
+                   maps=args.maps or (str(out / "maps") if args.engine else "computed"),
                    methods={"grad_eclip": "ImageGradECLIP, the image tower's last attention layer"
                             + (f" (read from the explain-dataset job {args.maps})" if args.maps else ""),
                             "game": "not in an explain-dataset job" if args.maps
@@ -164,6 +192,10 @@ def add_parser(asub: "argparse._SubParsersAction") -> None:
     p.add_argument("--examples", type=int, default=4, help="examples per category in the figure (default 4)")
     p.add_argument("--coco-instances", default=None, metavar="instances_val2017.json",
                    help="COCO instances (with --images DIR): probes generated from the annotations, every category")
+    p.add_argument("--engine", action="store_true",
+                   help="compute the maps as dataset-engine jobs in DIR/maps/{grad-eclip,game} (shards, resumption, "
+                        "torchrun), GAME's columns included")
+    p.add_argument("--shard-size", type=int, default=64, help="with --engine: images per shard (default 64)")
     p.add_argument("--coco-images", type=int, default=None, metavar="N",
                    help="with --coco-instances: the first N images (by id) that have probes (default: all)")
-    p.set_defaults(func=cmd_attributes)
+    p.set_defaults(func=cmd_attributes, batch_size=1)
