@@ -7,7 +7,7 @@ raises :class:`~captum_gradeclip.errors.InputError` (a ``ValueError``) on empty 
 mismatched lengths, so that a missing value is never averaged away silently.
 
 How it stays fast. A resample is a vector of weights, how many times each value was drawn
-(``(B, n)``, ``B`` resamples at a time, :data:`CHUNK`): a cluster bootstrap draws ``m`` clusters
+(``(B, n)``, ``B`` resamples at a time, bounded by :data:`CHUNK`): a cluster bootstrap draws ``m`` clusters
 with replacement and gives each value its cluster's count. A weighted mean is then a product,
 and Spearman's ranks *within a resample* need no sort: the values are sorted once, their tie
 groups found once (:func:`ranks`), and a resample's average rank of a group is the weight of the
@@ -33,8 +33,9 @@ Clusters = Optional[Union[Sequence[object], Tensor]]
 __all__ = ["CHUNK", "Interval", "bootstrap_ci", "bootstrap_stat", "correlation_intervals", "partial_correlation",
            "pearson", "ranks", "resample_weights", "spearman"]
 
-#: Resamples computed together (bounds memory: a few ``(CHUNK, n)`` float64 tensors at once).
-CHUNK = 16
+#: Values times resamples computed together (bounds memory: a few ``(B, n)`` float64 tensors of at
+#: most this many elements, 32 MB each; ``B = CHUNK // n`` resamples, at least 16, at most all).
+CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,14 @@ def _cluster_ids(clusters: Clusters, n: int) -> Tuple[Tensor, int]:
 
 
 def resample_weights(clusters: Clusters, n: int, *, n_boot: int, seed: int = 0,
-                     chunk: int = CHUNK) -> Iterator[Tensor]:
-    """Bootstrap resamples as weights: chunks ``(B, n)`` float64 (``B <= chunk``, ``n_boot`` rows
-    in all), row ``b`` holding how often each value is in resample ``b``. With ``clusters`` (``n``
+                     chunk: Optional[int] = None) -> Iterator[Tensor]:
+    """Bootstrap resamples as weights: chunks ``(B, n)`` float64 (``B <= chunk``, default
+    ``max(16, CHUNK // n)``; ``n_boot`` rows in all), row ``b`` holding how often each value is in
+    resample ``b``. With ``clusters`` (``n``
     labels), ``m`` clusters are drawn with replacement and a value gets its cluster's count;
     without, ``n`` single values are (the ordinary bootstrap). Seeded: the same every run."""
     ids, m = _cluster_ids(clusters, n)
+    chunk = chunk or max(16, CHUNK // max(n, 1))
     g = torch.Generator().manual_seed(seed)
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
