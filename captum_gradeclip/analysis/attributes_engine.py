@@ -1,5 +1,7 @@
 """``analyze attributes`` on the dataset engine: the probes' maps as two engine jobs, so a large
-suite (COCO's instances) gets shards, resumption and torchrun like decomposition and concreteness.
+suite (COCO's instances) gets shards and resumption like decomposition and concreteness (one
+process for now: two ``explain_dataset`` calls in one torchrun process hang, so the command refuses
+``--engine`` under torchrun; one job whose explainer writes both methods' maps would lift that).
 
 - ``DIR/maps/grad-eclip``: :class:`~captum_gradeclip.scale.CLIPExplainer` (Grad-ECLIP, the image
   tower's last attention layer), the maps :func:`.attributes.explain_scene` computes;
