@@ -76,14 +76,15 @@ def test_binding_shares_come_from_the_swapped_prompt_and_sum_to_one():
 def test_summary_matches_bootstrap_of_the_rows():
     rows = []
     for i, (ok, hit, energy) in enumerate([(True, True, 0.5), (False, True, 0.25), (True, False, 0.0)]):
-        r = A.ProbeRow(f"p{i}", "img", "colour", "a red", "a blue", 0.3, 0.2, ok)
+        r = A.ProbeRow(f"p{i}", f"img{i % 2}", "colour", "a red", "a blue", 0.3, 0.2, ok)
         r.maps["grad_eclip"] = dict(pointing=hit, energy=energy, concentration=2.0, best_object_energy=energy)
         rows.append(r)
     rows.append(A.ProbeRow("bad", "img", "colour", "a red", None, error="cannot read image"))
     s = A.summarize(rows, not_expressible={"count": "n/a: no number words"})
     c = s["categories"]["colour"]
     assert (c["n"], c["n_errors"], s["n_errors"]) == (4, 1, 1)
-    assert c["accuracy"] == bootstrap_ci([1.0, 0.0, 1.0])
+    # an image's probes are resampled together: img0 holds probes 0 and 2
+    assert c["accuracy"] == bootstrap_ci([1.0, 0.0, 1.0], clusters=["img0", "img1", "img0"])
     assert c["accuracy"].mean == pytest.approx(2 / 3)
     assert c["grad_eclip"]["pointing"].mean == pytest.approx(2 / 3)
     assert c["grad_eclip"]["energy"].mean == pytest.approx(0.25)

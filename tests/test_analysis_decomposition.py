@@ -17,12 +17,15 @@ from captum_gradeclip.analysis.decomposition import (
     check_phrases,
     decompose,
     deleted,
+    deletions,
     job_texts,
     phrase_weights,
     summarize,
     top_iou,
 )
 from captum_gradeclip.analysis.stats import pearson
+from captum_gradeclip.analysis.words import find_phrase, locate_phrases
+from captum_gradeclip.errors import InputError
 
 
 def test_deleted_and_job_texts():
@@ -31,24 +34,53 @@ def test_deleted_and_job_texts():
     assert deleted(cap, "a blue ring") == "a red circle and"
     assert job_texts(cap, ["a red circle", "a blue ring"]) == [cap, "a red circle", "a blue ring", "and a blue ring",
                                                                "a red circle and"]
-    with pytest.raises(ValueError, match="'a green bar' is not in the caption"):
+    with pytest.raises(InputError, match="'a green bar' is not in the caption"):
         check_phrases(cap, ["a red circle", "a green bar"])
-    with pytest.raises(ValueError, match="leaves nothing"):
+    with pytest.raises(InputError, match="leaves nothing"):
         check_phrases("a red circle", ["a red circle"])
-    with pytest.raises(ValueError, match="has no phrases"):
+    with pytest.raises(InputError, match="has no phrases"):
         check_phrases(cap, [])
 
 
+def test_phrases_are_whole_words():
+    # the issue's cases: the first *substring* match was removed ("amaran next to a cat")
+    assert deleted("a catamaran next to a cat", "a cat") == "a catamaran next to"
+    assert deleted("a bush behind a bus", "a bus") == "a bush behind"
+    assert find_phrase("a bush behind a bus", "a bus") == (14, 19)
+    with pytest.raises(InputError, match="'an' is not in the caption 'a cyan circle'"):
+        check_phrases("a cyan circle", ["an"])
+    assert deleted("A dog, a CAT. And a bird", "a cat") == "A dog. And a bird"  # punctuation between words
+    with pytest.raises(InputError, match=r'must be a list of strings, got the string .*\["a red circle"\]'):
+        check_phrases("a red circle and a blue ring", "a red circle")
+
+
+def test_repeated_and_overlapping_phrases():
+    cap = "a cat and a cat"
+    # a repeated phrase: the k-th listing takes the k-th occurrence, flagged by occurrences > 1
+    spans = locate_phrases(cap, ["a cat", "a cat"])
+    assert [(s.start, s.end, s.occurrences) for s in spans] == [(0, 5, 2), (10, 15, 2)]
+    assert deletions(cap, ["a cat", "a cat"]) == ["and a cat", "a cat and"]
+    # an occurrence inside an earlier phrase is skipped: "dog" is the second one
+    assert [(s.start, s.end) for s in locate_phrases("a small dog and a dog", ["a small dog", "dog"])] == [(0, 11), (18, 21)]
+    with pytest.raises(InputError, match="'a red circle' and 'red' overlap"):
+        check_phrases("a red circle and a blue ring", ["a red circle", "red"])
+
+
 def test_phrase_weights_by_hand():
+    cap = "a red circle and a blue ring."
     tokens = ["a</w>", "red</w>", "circ", "le</w>", "and</w>", "a</w>", "blue</w>", "ring</w>", ".</w>"]
     wmap = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 3.0, 2.0, 7.0])  # words: 1 1 2 0 1 3 2 (sum 10), "." dropped
-    w = phrase_weights(tokens, wmap, [["a</w>", "red</w>", "circ", "le</w>"], ["a</w>", "blue</w>", "ring</w>"]])
+    w = phrase_weights(cap, tokens, wmap, ["a red circle", "a blue ring"])
     assert w.tolist() == pytest.approx([0.4, 0.6])
     # the same phrase twice takes its two occurrences
-    w2 = phrase_weights(["a</w>", "x</w>", "a</w>"], torch.tensor([1.0, 2.0, 3.0]), [["a</w>"], ["a</w>"]])
+    w2 = phrase_weights("a x a", ["a</w>", "x</w>", "a</w>"], torch.tensor([1.0, 2.0, 3.0]), ["a", "a"])
     assert w2.tolist() == pytest.approx([1 / 6, 3 / 6])
-    with pytest.raises(ValueError, match="not a run of the caption"):
-        phrase_weights(tokens, wmap, [["green</w>"]])
+    # the weight is the deleted span's: "a cat" is the second one, not the start of "catamaran"
+    cat = ["a</w>", "cat", "amaran</w>", "next</w>", "to</w>", "a</w>", "cat</w>"]
+    w3 = phrase_weights("a catamaran next to a cat", cat, torch.tensor([1.0, 1, 1, 1, 1, 2, 3]), ["a cat"])
+    assert w3.tolist() == pytest.approx([5 / 10])  # words a 1, catamaran 2, next 1, to 1, a 2, cat 3
+    with pytest.raises(InputError, match="not in the caption"):
+        phrase_weights(cap, tokens, wmap, ["green"])
 
 
 def test_decompose_2x2_by_hand():
@@ -92,7 +124,7 @@ def test_phrase_not_in_caption_is_one_line_error(tmp_path, capsys):
     assert main(["analyze", "decomposition", "--pairs", str(p), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (f"captum-gradeclip: error: {p}:1: the phrase 'a green bar' is not in the caption "
-                       "'a red circle and a blue ring'")
+                       "'a red circle and a blue ring' (as whole words)")
 
 
 def _run(cmd, env):

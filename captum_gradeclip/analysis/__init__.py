@@ -7,15 +7,16 @@
 - :mod:`.concreteness`: a word's concreteness against how much CLIP uses it
   (``analyze concreteness``).
 
-Shared: :mod:`.stats` (bootstrap intervals, correlations, plain torch), :mod:`.words` (sub-word
-tokens merged into words), :mod:`.common` (flags, pairs files, writing rows and summaries).
+Shared: :mod:`.stats` (bootstrap intervals, cluster bootstrap, correlations, plain torch),
+:mod:`.words` (whole-word phrase spans; sub-word tokens of BPE, WordPiece and SentencePiece merged
+into words), :mod:`.common` (flags, pairs files, writing rows and summaries).
 """
 
 from .common import AnalysisError, PairLine, add_model_args, load_clip, read_pairs, write_rows, write_summary
 from .concreteness import WordRow, WordStat, caption_rows, load_ratings, word_stats
 from .decomposition import DecompositionRow, PairSpec, decompose, phrase_weights
-from .stats import Interval, bootstrap_ci, bootstrap_stat, partial_correlation, pearson, spearman
-from .words import WordSpan, bpe_tokens, merge_words, word_values
+from .stats import Interval, bootstrap_ci, bootstrap_stat, correlation_intervals, partial_correlation, pearson, spearman
+from .words import PhraseSpan, WordSpan, bpe_tokens, find_phrase, locate_phrases, merge_words, word_scheme, word_values
 
 __all__ = [
     "AnalysisError",
@@ -23,6 +24,7 @@ __all__ = [
     "Interval",
     "PairLine",
     "PairSpec",
+    "PhraseSpan",
     "WordRow",
     "WordSpan",
     "WordStat",
@@ -31,15 +33,19 @@ __all__ = [
     "bootstrap_stat",
     "bpe_tokens",
     "caption_rows",
+    "correlation_intervals",
     "decompose",
+    "find_phrase",
     "load_clip",
     "load_ratings",
+    "locate_phrases",
     "merge_words",
     "partial_correlation",
     "pearson",
     "phrase_weights",
     "read_pairs",
     "spearman",
+    "word_scheme",
     "word_stats",
     "word_values",
     "write_rows",

@@ -18,7 +18,9 @@ above the prompt). For every probe this module measures, from the image maps of 
 
 On ShapesCLIP the suite is generated with exact masks by :func:`shapes_suite` from the
 held-out seeds :data:`ATTRIBUTES_SEED_START` ... (see there); other models read a JSON-lines
-probe file (:mod:`.probes`). Categories ShapesCLIP's vocabulary cannot express are listed in
+probe file (:mod:`.probes`) or generate the probes from COCO instance annotations
+(:func:`captum_gradeclip.analysis.coco.instance_probes`: count, size and position included).
+Intervals are a cluster bootstrap over images (an image's probes resampled together). Categories ShapesCLIP's vocabulary cannot express are listed in
 :data:`NOT_EXPRESSIBLE` and reported as "n/a", never approximated with words it never saw.
 
 Dimension letters: T texts, h, w the map's grid, H, W the model input's pixels, R regions.
@@ -248,15 +250,16 @@ def explain_scene(clip: "LoadedCLIP", scene: SceneProbes) -> Tuple[Dict[str, int
 
 
 def from_job(scene: SceneProbes, job: Dict[Tuple[str, str], Dict[str, object]]) -> Tuple[Dict[str, int], Tensor, Dict[str, Tensor]]:
-    """A scene's texts read from a finished ``explain-dataset`` job instead of computed: Grad-ECLIP
-    maps and scores only (the job holds no GAME maps).
+    """A scene's texts read from finished engine jobs instead of computed: Grad-ECLIP maps and
+    scores (an ``explain-dataset`` job), and GAME's where the rows hold a ``game_map``
+    (:func:`.attributes_engine.read_jobs`).
 
     Args:
-        job: ``(image key, text) -> row`` with ``map (h, w)`` and ``score`` (e.g. from
-            :func:`captum_gradeclip.scale.read_maps`).
+        job: ``(image key, text) -> row`` with ``map (h, w)``, ``score`` and optionally
+            ``game_map (h, w)`` (e.g. from :func:`captum_gradeclip.scale.read_maps`).
 
     Returns:
-        as :func:`explain_scene`, ``maps`` holding ``"grad_eclip"`` only.
+        as :func:`explain_scene`, ``maps`` holding ``"grad_eclip"`` (and ``"game"``).
 
     Raises:
         KeyError: the job has no row for one of the scene's texts.
@@ -268,7 +271,10 @@ def from_job(scene: SceneProbes, job: Dict[Tuple[str, str], Dict[str, object]]) 
                        "--pairs on this command's job_pairs.jsonl")
     rows = [job[scene.key, t] for t in texts]
     scores = torch.tensor([float(r["score"]) for r in rows])
-    return {t: i for i, t in enumerate(texts)}, scores, {"grad_eclip": torch.stack([r["map"] for r in rows])}
+    maps = {"grad_eclip": torch.stack([r["map"] for r in rows])}
+    if all(r.get("game_map") is not None for r in rows):  # the engine's GAME job (attributes_engine)
+        maps["game"] = torch.stack([r["game_map"] for r in rows])
+    return {t: i for i, t in enumerate(texts)}, scores, maps
 
 
 def measure(clip: "LoadedCLIP", scenes: Iterable[SceneProbes],
@@ -408,24 +414,30 @@ def to_input_geometry(mask: Tensor, size: Tuple[int, int]) -> Tensor:
 
 
 # ---- the summary ---------------------------------------------------------------------------
-def _interval(values: Sequence[Optional[float]]) -> Optional[Interval]:
-    """Mean and 95% bootstrap interval of the defined values (``None`` dropped); ``None`` if none."""
-    v = [float(x) for x in values if x is not None]
-    return bootstrap_ci(v) if v else None
+def _interval(values: Sequence[Optional[float]], images: Optional[Sequence[str]] = None) -> Optional[Interval]:
+    """Mean and 95% bootstrap interval of the defined values (``None`` dropped); ``None`` if none.
+    With ``images`` (one per value), a cluster bootstrap over images: an image's probes (COCO's
+    count probes, say) are resampled together."""
+    keep = [i for i, x in enumerate(values) if x is not None]
+    v = [float(values[i]) for i in keep]
+    return bootstrap_ci(v, clusters=None if images is None else [images[i] for i in keep]) if v else None
 
 
 def _method_summary(rows: Sequence[ProbeRow], m: str, binding: bool) -> Dict[str, object]:
     get = lambda k, rs=rows: [r.maps[m].get(k) for r in rs]  # noqa: E731
+    im = lambda rs=rows: [r.image for r in rs]  # noqa: E731
     right = [r for r in rows if r.correct is True]
     wrong = [r for r in rows if r.correct is False]
     out: Dict[str, object] = {
-        "pointing": _interval(get("pointing")), "energy": _interval(get("energy")),
-        "pointing_if_correct": _interval(get("pointing", right)), "pointing_if_wrong": _interval(get("pointing", wrong)),
-        "concentration": _interval(get("concentration")), "best_object_energy": _interval(get("best_object_energy")),
+        "pointing": _interval(get("pointing"), im()), "energy": _interval(get("energy"), im()),
+        "pointing_if_correct": _interval(get("pointing", right), im(right)),
+        "pointing_if_wrong": _interval(get("pointing", wrong), im(wrong)),
+        "concentration": _interval(get("concentration"), im()),
+        "best_object_energy": _interval(get("best_object_energy"), im()),
         "zero_maps": sum(1 for c in get("concentration") if c is None),
     }
     if binding:
-        out["shares_of_swapped_prompt"] = {k: _interval(get(f"share_{k}")) for k in ("colour", "shape", "elsewhere")}
+        out["shares_of_swapped_prompt"] = {k: _interval(get(f"share_{k}"), im()) for k in ("colour", "shape", "elsewhere")}
     return out
 
 
@@ -433,13 +445,15 @@ def _margin(rows: Sequence[ProbeRow], cat: str) -> Optional[Interval]:
     """Mean score of the true prompt minus the false one's (for absent: the present distractor
     minus the absent prompt)."""
     sign = -1.0 if cat == "absent" else 1.0
-    return _interval([sign * (r.score - r.distractor_score) for r in rows if r.distractor_score is not None])
+    rs = [r for r in rows if r.distractor_score is not None]
+    return _interval([sign * (r.score - r.distractor_score) for r in rs], [r.image for r in rs])
 
 
 def _category_summary(rows: Sequence[ProbeRow], cat: str) -> Dict[str, object]:
     ok = [r for r in rows if r.error is None]
     out: Dict[str, object] = {"n": len(rows), "n_errors": len(rows) - len(ok),
-                              "accuracy": _interval([r.correct for r in ok]), "margin": _margin(ok, cat)}
+                              "accuracy": _interval([r.correct for r in ok], [r.image for r in ok]),
+                              "margin": _margin(ok, cat)}
     for m in METHODS:
         if any(m in r.maps for r in ok):
             out[m] = _method_summary([r for r in ok if m in r.maps], m, cat == "binding")

@@ -94,8 +94,9 @@ class PairLine:
 
 def read_pairs(path: Union[str, Path], root: Optional[Union[str, Path]] = None) -> List[PairLine]:
     """The lines of a pairs file (``explain-dataset --pairs`` format: ``{"image": "rel/path.png",
-    "texts": [...]}`` plus any further fields), in file order; image paths are relative to
-    ``root`` (default: the file's folder). Blank lines are skipped.
+    "texts": [...]}`` plus any further fields; a line with ``"caption": "..."`` and no ``"texts"``
+    reads as ``"texts": [caption]``, the caption also kept in ``fields``), in file order; image
+    paths are relative to ``root`` (default: the file's folder). Blank lines are skipped.
 
     Raises:
         InputError: no such file, a line that is not such an object (one line naming file and line
@@ -112,12 +113,14 @@ def read_pairs(path: Union[str, Path], root: Optional[Union[str, Path]] = None) 
             continue
         try:
             rec = json.loads(line)
-            image, texts = rec.pop("image"), rec.pop("texts")
+            image = rec.pop("image")
+            texts = rec.pop("texts") if "texts" in rec else [rec["caption"]]
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise InputError(f"{path}:{n}: expected {{\"image\": \"rel/path.png\", \"texts\": [...]}}, "
-                           f"got {line[:80]!r}") from None
+            raise InputError(f"{path}:{n}: expected {{\"image\": \"rel/path.png\", \"texts\": [...]}} (or "
+                             f"\"caption\": \"...\" for \"texts\"), got {line[:80]!r}") from None
         if not isinstance(image, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise InputError(f"{path}:{n}: \"image\" must be a string and \"texts\" a list of strings")
+            raise InputError(f"{path}:{n}: \"image\" must be a string and \"texts\" a list of strings "
+                             "(\"caption\": a string)")
         if not texts or not all(t.strip() for t in texts):
             raise InputError(f"{path}:{n}: \"texts\" must hold at least one non-empty text")
         out.append(PairLine(Path(image).as_posix(), base / image, tuple(texts), rec, n, str(path)))

@@ -5,14 +5,18 @@ caption. Here a caption's words are looked up in the package's lexicon (:mod:`.l
 caller's :class:`Lexicon`): a phrase is a run of adjectives followed by a run of nouns (two-word
 nouns such as "traffic light" first, plurals included), the words separated by whitespace only.
 A word that is both (``"orange"``, ``"square"``) is an adjective before a noun and the noun
-otherwise. Each phrase is the caption's own text between its first and last word, so it is always
-a span of the caption (checked); repeats are dropped (case-insensitive), the first five kept.
+otherwise. Words are the caption's whole words as :func:`captum_gradeclip.analysis.words.caption_words`
+cuts them (the one definition the analyses locate phrases with), and each phrase is the caption's
+own text between its first and last word, so :func:`~captum_gradeclip.analysis.words.find_phrase`
+finds it as whole words (checked); repeats are dropped (case-insensitive), the first five kept.
 
 No NLP model and no download: this runs offline and in CI. What it cannot see (words outside the
 lexicon) it leaves out; captions that yield no phrase are reported (:class:`MinedPhrases`'s
 ``empty``), never dropped silently.
 
-Offline, for a pairs file whose maps ``explain-dataset`` mines first (``"texts"``: the phrases)::
+Offline, for a pairs file whose maps ``explain-dataset`` mines first (``"texts"``: the phrases;
+``--texts caption`` keeps ``"texts": [caption]`` instead, the layout ``analyze decomposition``
+reads, which also reads the ``"caption"`` field)::
 
     python -m captum_gradeclip.finetune.phrases pairs.jsonl --out phrased.jsonl
 """
@@ -21,16 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import FrozenSet, List, Optional, Sequence, Tuple
 
+from ..analysis.words import caption_words, find_phrase
 from . import lexicon as _lexicon
 
 #: SFF-CLIP's limit of phrases per caption.
 MAX_PHRASES = 5
-_WORD = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
 
 
 def plural(noun: str) -> str:
@@ -90,7 +93,7 @@ class MinedPhrases:
 
 
 def _tokens(caption: str) -> List[Tuple[str, int, int]]:
-    return [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(caption)]
+    return caption_words(caption)
 
 
 def _joined(caption: str, toks: Sequence[Tuple[str, int, int]], a: int, b: int) -> bool:
@@ -144,7 +147,7 @@ def mine_phrases(caption: str, *, max_phrases: int = MAX_PHRASES, lexicon: Optio
             i += 1
             continue
         phrase = caption[toks[first][1]:toks[end - 1][2]]
-        if phrase.lower() not in seen and phrase in caption:
+        if phrase.lower() not in seen and find_phrase(caption, phrase):
             seen.add(phrase.lower())
             out.append(phrase)
         i = end
@@ -158,21 +161,36 @@ def mine_captions(captions: Sequence[str], *, max_phrases: int = MAX_PHRASES,
     return MinedPhrases(phrases, [i for i, p in enumerate(phrases) if not p])
 
 
+def _caption_of(row: dict, n: int, path: str) -> str:
+    cap = row.get("caption")
+    if cap is None and isinstance(row.get("texts"), list) and len(row["texts"]) == 1:
+        cap = row["texts"][0]
+    if not isinstance(cap, str):
+        raise SystemExit(f"{path}:{n}: a line needs \"caption\": a string (or \"texts\" holding one caption)")
+    return cap
+
+
 def main(argv: Optional[List[str]] = None) -> None:
-    """Add mined ``"phrases"`` (and the same as ``"texts"``, for ``explain-dataset --pairs``) to
-    each line of a pairs file that has no ``"phrases"``; report the captions that yield none."""
+    """Add mined ``"phrases"`` (and ``"texts"``: the phrases, for ``explain-dataset --pairs``, or
+    with ``--texts caption`` the caption) to each line of a pairs file that has no ``"phrases"``;
+    report the captions that yield none."""
     ap = argparse.ArgumentParser(description="mine adjective(s) + noun phrases of a pairs file's captions")
-    ap.add_argument("pairs", help='JSON lines {"image": ..., "caption": ...}')
+    ap.add_argument("pairs", help='JSON lines {"image": ..., "caption": ...} (or "texts": [caption])')
     ap.add_argument("--out", required=True, help="the pairs with \"phrases\" and \"texts\"")
     ap.add_argument("--max-phrases", type=int, default=MAX_PHRASES)
+    ap.add_argument("--texts", choices=("phrases", "caption"), default="phrases",
+                    help='what "texts" holds when absent: the phrases (finetune\'s mined maps, default) or '
+                         '[caption] (analyze decomposition)')
     args = ap.parse_args(argv)
     rows = [json.loads(line) for line in open(args.pairs, encoding="utf-8") if line.strip()]
     empty = []
     with open(args.out, "w", encoding="utf-8") as f:
         for n, row in enumerate(rows, 1):
+            cap = _caption_of(row, n, args.pairs)
             if "phrases" not in row:
-                row["phrases"] = mine_phrases(row["caption"], max_phrases=args.max_phrases)
-            row.setdefault("texts", row["phrases"])
+                row["phrases"] = mine_phrases(cap, max_phrases=args.max_phrases)
+            row.setdefault("caption", cap)
+            row.setdefault("texts", row["phrases"] if args.texts == "phrases" else [cap])
             if not row["phrases"]:
                 empty.append(n)
             f.write(json.dumps(row) + "\n")
