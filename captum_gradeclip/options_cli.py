@@ -19,12 +19,15 @@ With a method other than Grad-ECLIP, a Grad-ECLIP flag is an error (it would be 
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from .errors import CLIError, InputError
 from .methods import SPATIAL, GradECLIPOptions, get_method, method_names
 
-__all__ = ["add_method_args", "add_model_args", "method_and_options", "methods_and_options"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .scale.explain import ExplainerOptions
+
+__all__ = ["add_method_args", "add_model_args", "explainer_options", "method_and_options", "methods_and_options"]
 
 
 def add_model_args(p: argparse.ArgumentParser, *, open_clip: bool = True, unknown_words: bool = False,
@@ -121,3 +124,14 @@ def methods_and_options(args: argparse.Namespace) -> Tuple[Optional[List[str]], 
     for name in names or ():
         get_method(name)
     return names, options
+
+
+def explainer_options(args: argparse.Namespace, *, text_maps: bool = False, text_chunk: int = 64) -> "ExplainerOptions":
+    """The dataset engine's :class:`~captum_gradeclip.scale.explain.ExplainerOptions` from the
+    method flags (and ``--allow-unknown-words`` where the command has it): explain-dataset's and
+    the analyses' maps jobs."""
+    from .scale.explain import ExplainerOptions
+
+    method, gradeclip = method_and_options(args)
+    return ExplainerOptions(method=method, gradeclip=gradeclip, text_maps=text_maps, text_chunk=text_chunk,
+                            allow_unknown_words=bool(getattr(args, "allow_unknown_words", False)))

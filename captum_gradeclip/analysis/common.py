@@ -31,9 +31,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     (required), ``--pairs FILE.jsonl`` and ``--images DIR`` (the folder the pairs' image paths
     are relative to; default: the pairs file's folder), ``--maps DIR`` (a finished
     ``explain-dataset`` job to read maps from instead of computing them), ``--batch-size``."""
-    parser.add_argument("--model", default=None, help="hub name or save_pretrained folder (default: ShapesCLIP)")
-    parser.add_argument("--open-clip", default=None, metavar="ARCH[:PRETRAINED]",
-                        help="an open_clip model instead, e.g. ViT-B-32:openai (needs the open_clip extra)")
+    from ..options_cli import add_model_args as add_shared_model_args
+
+    add_shared_model_args(parser, unknown_words=True)
     parser.add_argument("--out", required=True, metavar="DIR", help="where rows, summary.json and the figure go")
     parser.add_argument("--pairs", default=None, metavar="FILE.jsonl",
                         help='{"image": "rel/path.png", "texts": [...], ...} per line (default: ShapesCLIP scenes)')
@@ -229,18 +229,26 @@ def is_main_process() -> bool:
 
 
 def run_maps_job(dataset: Any, clip: "LoadedCLIP", out: Union[str, Path], *, batch_size: int,
-                 config: Dict[str, Any], shard_size: int = 64, progress: bool = False) -> Path:
+                 config: Dict[str, Any], shard_size: int = 64, progress: bool = False,
+                 options: Any = None) -> Path:
     """Explain ``dataset`` (``[i] -> (key, pixels (3, H, W), texts)``) with the dataset engine into
     ``out`` (an ``explain-dataset --text-maps`` job: image maps, scores and word maps of every
     (image, text), one ``attribute_all`` and one text backward per batch; sharded over torchrun's
-    ranks, ``shard_size`` images per shard, resumed when run again). Returns ``out``.
+    ranks, ``shard_size`` images per shard, resumed when run again). ``options``: the image
+    method and Grad-ECLIP's settings (:class:`~captum_gradeclip.scale.explain.ExplainerOptions`;
+    default Grad-ECLIP's published one); word maps are always on. Returns ``out``.
 
     Raises:
         ScaleError: ``out`` holds another job, or cannot be written.
     """
     from ..scale import CLIPExplainer, explain_dataset
 
-    explain_dataset(dataset, CLIPExplainer(clip, text_maps=True), out, config=config, batch_size=batch_size,
+    import dataclasses
+
+    from ..scale.explain import ExplainerOptions
+
+    options = dataclasses.replace(options or ExplainerOptions(), text_maps=True)
+    explain_dataset(dataset, CLIPExplainer(clip, options=options), out, config=config, batch_size=batch_size,
                     shard_size=shard_size, num_workers=0, progress=progress)
     return Path(out)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from ..errors import CLIError
+from ..options_cli import add_method_args, explainer_options
 from .common import (
     add_maps_job_args,
     add_model_args,
@@ -95,7 +96,7 @@ def cmd_concreteness(args: argparse.Namespace) -> None:
         dataset, inputs, input_errors = _dataset(args, clip)
         config = {"study": "concreteness", "model": args.open_clip or args.model or "ShapesCLIP (shipped)", **inputs}
         maps = run_maps_job(dataset, clip, out / "maps", batch_size=args.batch_size, shard_size=args.shard_size,
-                               config=config)
+                               config=config, options=explainer_options(args, text_maps=True))
         if not is_main_process():
             return
     job = read_maps(maps, columns=["image", "text", "words", "word_map"])
@@ -126,6 +127,7 @@ def add_parser(asub: "argparse._SubParsersAction") -> None:
     """Register ``concreteness`` on ``analyze``'s subparsers."""
     p = asub.add_parser("concreteness", help="a word's concreteness against its Grad-ECLIP word importance")
     add_model_args(p)
+    add_method_args(p)
     add_maps_job_args(p, scenes=300)
     p.add_argument("--min-count", type=int, default=5, help="words seen fewer times are left out of the statistics")
     p.add_argument("--coco-captions", default=None, metavar="captions_val2017.json",

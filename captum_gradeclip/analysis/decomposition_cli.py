@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 from ..errors import CLIError
+from ..options_cli import add_method_args, explainer_options
 from .common import (
     AnalysisError,
     SceneDataset,
@@ -174,7 +175,7 @@ def _maps(args: argparse.Namespace, data: Any, clip, out: Path, inputs: dict) ->
         return maps
     config = {"study": "decomposition", "model": args.open_clip or args.model or "ShapesCLIP (shipped)", **inputs}
     return run_maps_job(data, clip, out / "maps", batch_size=args.batch_size, shard_size=args.shard_size,
-                        config=config)
+                        config=config, options=explainer_options(args, text_maps=True))
 
 
 def _finish(args: argparse.Namespace, clip, specs: List[Any], errors: List[dict], maps: Path, image_of: Callable,
@@ -228,6 +229,7 @@ def add_parser(asub: "argparse._SubParsersAction") -> None:
     """Register ``decomposition`` on ``analyze``'s subparsers."""
     p = asub.add_parser("decomposition", help="a caption's image map against its phrases' maps and word weights")
     add_model_args(p)
+    add_method_args(p)
     add_maps_job_args(p, scenes=200)
     p.add_argument("--figure-pairs", type=int, default=4, help="pairs shown in the figure (default 4)")
     p.add_argument("--coco-captions", default=None, metavar="captions_val2017.json",

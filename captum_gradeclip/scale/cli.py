@@ -45,12 +45,9 @@ def work_items(args: argparse.Namespace, source: Any = None) -> List[Any]:
 def method_options(args: argparse.Namespace) -> "ExplainerOptions":
     """The :class:`~.explain.ExplainerOptions` the flags choose (``--method`` and Grad-ECLIP's
     options parsed as in every command: :mod:`captum_gradeclip.options_cli`)."""
-    from ..options_cli import method_and_options
-    from .explain import ExplainerOptions
+    from ..options_cli import explainer_options
 
-    method, gradeclip = method_and_options(args)
-    return ExplainerOptions(method=method, gradeclip=gradeclip, text_maps=args.text_maps, text_chunk=args.text_chunk,
-                            allow_unknown_words=args.allow_unknown_words)
+    return explainer_options(args, text_maps=args.text_maps, text_chunk=args.text_chunk)
 
 
 def job_description(args: argparse.Namespace, items: List[Any]) -> Dict[str, Any]:
