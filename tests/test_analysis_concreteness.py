@@ -109,8 +109,8 @@ def test_reading_a_job_equals_computing(pairs_folder, tmp_path):
     pairs = str(pairs_folder / "pairs.jsonl")
     job = tmp_path / "job"
     assert main(["explain-dataset", "--images", str(pairs_folder), "--pairs", pairs, "--text-maps", "--out", str(job),
-                 "--workers", "0", "--no-progress"]) == 0
-    common = ["analyze", "concreteness", "--pairs", pairs, "--min-count", "1", "--n-boot", "20"]
+                 "--workers", "0", "--no-progress", "--allow-unknown-words"]) == 0  # "zork qux": ShapesCLIP's letters
+    common = ["analyze", "concreteness", "--pairs", pairs, "--min-count", "1", "--n-boot", "20", "--allow-unknown-words"]
     assert main(common + ["--out", str(tmp_path / "computed")]) == 0
     assert main(common + ["--maps", str(job), "--out", str(tmp_path / "read")]) == 0
     a = pq.read_table(tmp_path / "computed" / "rows.parquet").to_pylist()
