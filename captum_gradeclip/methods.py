@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Explainer", "GradECLIPOptions", "Method", "SPATIAL", "build", "get_method", "method_names",
            "register_method", "resolve_layers", "unregister_method"]
 
-#: Grad-ECLIP's spatial weightings (``ImageGradECLIP(spatial=...)``).
 SPATIAL: Tuple[str, ...] = ("cosine", "cosine_per_head", "attention", "uniform")
+"""Grad-ECLIP's spatial weightings (``ImageGradECLIP(spatial=...)``, ``GradECLIPOptions.spatial``)."""
 KINDS = ("image", "text")
 COSTS = ("all-prompts", "per-prompt")
 
