@@ -238,13 +238,14 @@ def _grad_eclip(clip: "LoadedCLIP", sim: "nn.Module", o: GradECLIPOptions) -> Ex
                      kwargs={"relu_attributions": o.relu})
 
 
-def _on(cls_name: str, which: str) -> Factory:
-    """A baseline of :mod:`captum_gradeclip.baselines` on the last layer or on all layers."""
-    def factory(clip: "LoadedCLIP", sim: "nn.Module", o: GradECLIPOptions) -> Explainer:
+def _on(cls_name: str, which: str, tower: str = "image") -> Factory:
+    """A baseline of :mod:`captum_gradeclip.baselines` on the ``tower``'s last layer or on all
+    of its layers."""
+    def factory(clip: "LoadedCLIP", forward: "nn.Module", o: GradECLIPOptions) -> Explainer:
         from . import baselines
 
-        layers = clip.image_layers
-        return Explainer(getattr(baselines, cls_name)(sim, layers[-1] if which == "last" else list(layers)))
+        layers = clip.image_layers if tower == "image" else clip.text_layers
+        return Explainer(getattr(baselines, cls_name)(forward, layers[-1] if which == "last" else list(layers)))
     return factory
 
 
@@ -300,15 +301,6 @@ def _text_grad_eclip(clip: "LoadedCLIP", tsim: "nn.Module", o: GradECLIPOptions)
                                    single_head=o.single_head), kwargs={"relu_attributions": o.relu})
 
 
-def _text_on(cls_name: str, which: str) -> Factory:
-    def factory(clip: "LoadedCLIP", tsim: "nn.Module", o: GradECLIPOptions) -> Explainer:
-        from . import baselines
-
-        layers = clip.text_layers
-        return Explainer(getattr(baselines, cls_name)(tsim, layers[-1] if which == "last" else list(layers)))
-    return factory
-
-
 def _text_lig(clip: "LoadedCLIP", tsim: "nn.Module", o: GradECLIPOptions) -> Explainer:
     from captum.attr import LayerIntegratedGradients
 
@@ -329,9 +321,9 @@ for _m in (
            _integrated_gradients, pixel_space=True),
     Method("occlusion", "image", "per-prompt", "Captum Occlusion (patch windows)", _occlusion, pixel_space=True),
     Method("grad-eclip", "text", "all-prompts", "Grad-ECLIP", _text_grad_eclip, uses_options=True),
-    Method("attention", "text", "all-prompts", "Text attention (EOS row)", _text_on("TextAttention", "last")),
-    Method("rollout", "text", "all-prompts", "Text rollout", _text_on("TextRollout", "all")),
-    Method("game", "text", "all-prompts", "Text GAME", _text_on("TextGAME", "all")),
+    Method("attention", "text", "all-prompts", "Text attention (EOS row)", _on("TextAttention", "last", "text")),
+    Method("rollout", "text", "all-prompts", "Text rollout", _on("TextRollout", "all", "text")),
+    Method("game", "text", "all-prompts", "Text GAME", _on("TextGAME", "all", "text")),
     Method("layer-integrated-gradients", "text", "per-prompt", "Captum LayerIntegratedGradients (token embeddings)",
            _text_lig),
 ):
