@@ -56,11 +56,9 @@ def unknown_words(clip: "LoadedCLIP", text: str) -> List[str]:
     where the model has no small vocabulary."""
     if clip.vocabulary is None:
         return []
-    import re
+    from .shapes.model import words_outside
 
-    known = set(clip.vocabulary)
-    found = [w for w in re.findall(r"[^\W_]+|[^\w\s]|_", text.lower()) if w not in known]
-    return list(dict.fromkeys(found))
+    return words_outside([text], clip.vocabulary)
 
 
 def _vocabulary_reason(clip: "LoadedCLIP", unknown: Sequence[str]) -> str:

@@ -134,3 +134,18 @@ class OpenAICLIP(nn.Module):
 def tokens():
     """(3, 8) ids; EOS = 49 is the highest id (OpenAI's convention), zero padding."""
     return torch.tensor([[48, 5, 6, 49, 0, 0, 0, 0], [48, 7, 8, 9, 10, 49, 0, 0], [48, 3, 49, 0, 0, 0, 0, 0]])
+
+
+class WordTokenizer:
+    """open_clip-like: texts -> (T, 8) ids, SOT 48, one id per word, EOT 49 (the highest id), zero
+    padding; ``decode`` as open_clip's ``SimpleTokenizer`` is called (one id)."""
+
+    def __call__(self, texts):
+        ids = torch.zeros(len(texts), 8, dtype=torch.long)
+        for i, t in enumerate(texts):
+            words = [5 + len(w) for w in t.split()][:6]
+            ids[i, :len(words) + 2] = torch.tensor([48] + words + [49])
+        return ids
+
+    def decode(self, ids):
+        return f" w{ids[0]} "

@@ -20,17 +20,24 @@ def _weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
-def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_path):
+def _two_then_one(common, tmp_path):
+    """``finetune common`` on 2 torchrun processes into ``tmp_path/two``, then in this process into ``one``."""
     from captum_gradeclip.cli import main
-    from captum_gradeclip.shapes.model import WEIGHTS_DIR
 
-    common = ["finetune", "--steps", "3", "--batch", "8", "--eval-scenes", "0", "--threads", "1", "--wise", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "captum_gradeclip.cli", *common, "--out", str(tmp_path / "two")]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert main(common + ["--out", str(tmp_path / "one")]) == 0
+
+
+def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_path):
+    from captum_gradeclip.cli import main
+    from captum_gradeclip.shapes.model import WEIGHTS_DIR
+
+    common = ["finetune", "--steps", "3", "--batch", "8", "--eval-scenes", "0", "--threads", "1", "--wise", "1"]
+    _two_then_one(common, tmp_path)
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     init = _weights(WEIGHTS_DIR)
     moved = max((one[k] - init[k]).abs().max().item() for k in one)
@@ -80,12 +87,7 @@ def test_two_processes_give_the_weights_of_one_with_lora_and_wise(tmp_path):
 
     common = ["finetune", "--steps", "3", "--batch", "8", "--eval-scenes", "0", "--threads", "1", "--lora", "4",
               "--lr", "1e-3", "--wise", "0.5"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "captum_gradeclip.cli", *common, "--out", str(tmp_path / "two")]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    _two_then_one(common, tmp_path)
     assert main(common[:3] + ["--batch", "4"] + common[5:] + ["--out", str(tmp_path / "half")]) == 0
     one, two, half = (_weights(tmp_path / n) for n in ("one", "two", "half"))
     init = _weights(WEIGHTS_DIR)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from openai_layout import OpenAICLIP
+from openai_layout import OpenAICLIP, WordTokenizer
 
 from captum_gradeclip import ImageGradECLIP
 from captum_gradeclip.baselines import GAME
@@ -15,17 +15,6 @@ from captum_gradeclip.errors import InputError
 from captum_gradeclip.finetune import FinetuneConfig, Teacher
 from captum_gradeclip.finetune.teacher import clip_maps
 from captum_gradeclip.models import wrap_open_clip
-
-
-class _Tokenizer:
-    """open_clip-like: texts -> (T, 8) ids, SOT 48, one id per word, EOT 49 (the highest), zero padding."""
-
-    def __call__(self, texts):
-        ids = torch.zeros(len(texts), 8, dtype=torch.long)
-        for i, t in enumerate(texts):
-            words = [5 + len(w) for w in t.split()][:6]
-            ids[i, :len(words) + 2] = torch.tensor([48] + words + [49])
-        return ids
 
 
 PHRASES = [["a red circle", "a bar"], ["a big blue square"], ["a bar"]]
@@ -47,7 +36,7 @@ def _one_at_a_time(clip, px, method):
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_openai_layout_teacher_equals_one_phrase_at_a_time(method, batch_first):
     model = OpenAICLIP(batch_first=batch_first).eval()
-    clip = wrap_open_clip(model, None, _Tokenizer())
+    clip = wrap_open_clip(model, None, WordTokenizer())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
     px = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -71,7 +60,7 @@ def test_open_clip_teacher_equals_one_phrase_at_a_time():
     torch.manual_seed(0)
     model = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=2, width=32, head_width=8, patch_size=8, image_size=32),
                  text_cfg=CLIPTextCfg(context_length=8, vocab_size=50, width=32, heads=4, layers=3)).eval()
-    clip = wrap_open_clip(model, None, _Tokenizer())
+    clip = wrap_open_clip(model, None, WordTokenizer())
     px = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     maps = Teacher(clip).maps(px, PHRASES)
     ref = _one_at_a_time(clip, px, "grad-eclip")
@@ -81,7 +70,7 @@ def test_open_clip_teacher_equals_one_phrase_at_a_time():
 def test_the_old_method_name_names_the_new_one(tmp_path, capsys):
     from captum_gradeclip.cli import main
 
-    clip = wrap_open_clip(OpenAICLIP(), None, _Tokenizer())
+    clip = wrap_open_clip(OpenAICLIP(), None, WordTokenizer())
     with pytest.raises(InputError, match="'gradeclip' is now called 'grad-eclip'"):
         Teacher(clip, method="gradeclip")
     with pytest.raises(InputError, match="one of"):

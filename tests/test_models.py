@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 import torch
-from openai_layout import OpenAICLIP
+from openai_layout import OpenAICLIP, WordTokenizer
 
 from captum_gradeclip import cli
 from captum_gradeclip.models import (
@@ -25,19 +25,6 @@ from captum_gradeclip.models import (
 from captum_gradeclip.shapes import render_scene
 
 
-class _Tokenizer:
-    """open_clip-like: texts -> (T, 8) ids, SOT 48, words, EOT 49 (the highest id), zero padding."""
-
-    def __call__(self, texts):
-        ids = torch.zeros(len(texts), 8, dtype=torch.long)
-        for i, t in enumerate(texts):
-            words = [5 + len(w) for w in t.split()][:6]
-            ids[i, :len(words) + 2] = torch.tensor([48] + words + [49])
-        return ids
-
-    def decode(self, ids):
-        return f" w{ids[0]} "
-
 
 def _preprocess(image):
     return torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(image.size[0]))
@@ -53,7 +40,7 @@ def _fake_open_clip(vision="vit"):
         return model, None, _preprocess
 
     return types.SimpleNamespace(create_model_and_transforms=create_model_and_transforms,
-                                 get_tokenizer=lambda arch: _Tokenizer())
+                                 get_tokenizer=lambda arch: WordTokenizer())
 
 
 def test_shapes_bundle():
@@ -99,10 +86,10 @@ def test_unsupported_towers(monkeypatch):
     model = OpenAICLIP()
     model.visual.transformer = torch.nn.Identity()  # a tower with no blocks we know
     with pytest.raises(ModelError, match="neither an OpenAI CLIP / open_clip ViT"):
-        wrap_open_clip(model, _preprocess, _Tokenizer())
+        wrap_open_clip(model, _preprocess, WordTokenizer())
     model = OpenAICLIP()
     del model.transformer  # e.g. a Hugging Face text tower inside open_clip
-    clip = wrap_open_clip(model, _preprocess, _Tokenizer())
+    clip = wrap_open_clip(model, _preprocess, WordTokenizer())
     with pytest.raises(ModelError, match="text tower is not an open_clip transformer"):
         _ = clip.text_layers
 
@@ -158,7 +145,7 @@ class _ToyFamily(LoadedCLIP):
 def _load_toy(spec):
     torch.manual_seed(int(spec))
     model = OpenAICLIP().eval()
-    return _ToyFamily(model=model, preprocess=None, tokenizer=_Tokenizer(), image_layers=list(
+    return _ToyFamily(model=model, preprocess=None, tokenizer=WordTokenizer(), image_layers=list(
         model.visual.transformer.resblocks), gradcam_layer=model.visual.conv1, gradcam_name="patch embedding",
         patch_size=8)
 

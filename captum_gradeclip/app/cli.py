@@ -27,13 +27,8 @@ def cmd_app(args: argparse.Namespace) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from .ui import build_app
 
-    vocabulary = None
-    if args.model is None and args.open_clip is None:
-        from ..shapes.model import WORDS
-
-        vocabulary = WORDS
     name = args.open_clip or args.model or "ShapesCLIP"
-    demo = build_app(load(args.model, args.open_clip), vocabulary, title=name)
+    demo = build_app(load(args.model, args.open_clip), title=name)  # ShapesCLIP carries its vocabulary
     print(f"serving the explorer for {name} on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
                 footer_links=[], quiet=True)

@@ -92,10 +92,9 @@ def _load_explainer(args: argparse.Namespace, device: str) -> Any:
     Raises:
         InputError: the model does not load, or ``--layers`` out of its range.
     """
+    from ..methods import resolve_layers
     from ..models import load
     from .explain import CLIPExplainer
-
-    from ..methods import resolve_layers
 
     options = method_options(args)
     clip = load(args.model, args.open_clip)

@@ -29,6 +29,14 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def words_outside(texts: Sequence[str], vocabulary: Sequence[str]) -> List[str]:
+    """The words (and other characters: digits, punctuation, other scripts) of ``texts`` outside
+    ``vocabulary``, each once, in order of appearance (lower-cased, as a CLIP tokenizer reads them)."""
+    known = set(vocabulary)
+    found = [w for t in texts for w in re.findall(r"[^\W_]+|[^\w\s]|_", t.lower()) if w not in known]
+    return list(dict.fromkeys(found))
+
+
 def unknown_words(texts: Sequence[str]) -> List[str]:
     """The words (and other characters) of ``texts`` outside ShapesCLIP's vocabulary
     (:data:`WORDS`), each once, in order of appearance. Its tokenizer splits such a word into
@@ -38,9 +46,7 @@ def unknown_words(texts: Sequence[str]) -> List[str]:
     Args:
         texts: ``T`` prompts (case does not matter: the tokenizer lowercases).
     """
-    known = set(WORDS)
-    found = [w for t in texts for w in re.findall(r"[^\W_]+|[^\w\s]|_", t.lower()) if w not in known]
-    return list(dict.fromkeys(found))
+    return words_outside(texts, WORDS)
 
 
 def _byte_chars() -> list[str]:
